@@ -1,0 +1,45 @@
+# The README's two commands: `make serve` and `make test`. Both create or refresh .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+MODEL_REPO ?= model_repo
+
+.PHONY: serve test lint typecheck unit model clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# One stamp per set of extras; a changed pyproject.toml reinstalls.
+$(VENV)/.serve: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+	touch $@
+
+$(VENV)/.dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,convert]'
+	touch $@ $(VENV)/.serve
+
+serve: $(VENV)/.serve
+	$(BIN)/pdserve serve --host $(HOST) --port $(PORT) --model-repo $(MODEL_REPO)
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(VENV)/.dev
+	$(BIN)/mypy
+
+test: lint typecheck
+	$(BIN)/python -m pytest
+
+unit: $(VENV)/.dev
+	$(BIN)/python -m pytest tests/unit
+
+# Re-create model_repo/efficientnet_lite0/1 from the pretrained PyTorch weights.
+# FLAGS_enable_pir_api=0 must be set before Python starts, so paddle.jit.save writes model.pdmodel.
+model: $(VENV)/.dev
+	FLAGS_enable_pir_api=0 $(BIN)/python -m app.pipeline.efficientnet_lite --output model_repo/efficientnet_lite0
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,61 @@
+"""``GET /models`` and ``GET /models/{name}``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.api.deps import Service
+from app.api.schemas import ErrorResponse, InputInfo, InstanceInfo, ModelInfo, ModelList, VersionInfo
+from app.errors import ModelNotFound
+from app.repository import ModelEntry
+
+router = APIRouter(tags=["models"])
+
+
+def model_info(entry: ModelEntry) -> ModelInfo:
+    versions = [
+        VersionInfo(
+            version=v.version,
+            state=v.current_state.value,
+            error=v.error,
+            instances=[InstanceInfo(**i) for i in (v.pool.describe() if v.pool else [])],
+        )
+        for v in sorted(entry.versions.values(), key=lambda v: v.version)
+    ]
+    info = ModelInfo(name=entry.name, state=entry.state.value, error=entry.error, versions=versions)
+    c = entry.config
+    if c is None:
+        return info
+    return info.model_copy(
+        update={
+            "description": c.description,
+            "precision": c.precision,
+            "device": c.device,
+            "instances": c.instances,
+            "cpu_threads": c.cpu_threads,
+            "max_batch_size": c.max_batch_size,
+            "max_queue_delay_ms": c.max_queue_delay_ms,
+            "batch_sizes": list(c.padded_batch_sizes),
+            "max_queue_size": c.max_queue_size,
+            "input": InputInfo(name=c.input.name, shape=list(c.input.shape), dtype=c.input.dtype),
+            "random_weights": c.random_weights,
+        }
+    )
+
+
+@router.get("/models", response_model=ModelList, summary="Every model in the repository and its state")
+async def list_models(service: Service) -> ModelList:
+    return ModelList(models=[model_info(e) for e in service.repository.models.values()])
+
+
+@router.get(
+    "/models/{name}",
+    response_model=ModelInfo,
+    responses={404: {"model": ErrorResponse}},
+    summary="One model: versions, state, worker processes, batching settings",
+)
+async def get_model(name: str, service: Service) -> ModelInfo:
+    entry = service.repository.models.get(name)
+    if entry is None:
+        raise ModelNotFound(f"no model {name!r}; available: {sorted(service.repository.models)}")
+    return model_info(entry)

@@ -1,0 +1,139 @@
+"""``POST /predict`` and ``POST /models/{name}/predict``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Request
+
+from app.api.deps import Service
+from app.api.inputs import read_images, wait_for_disconnect
+from app.api.schemas import BatchPredictResponse, ErrorResponse, ImageResult, PredictionOut, PredictResponse
+from app.errors import ClientDisconnected, PdserveError
+from app.service import InferenceService, PredictResult
+
+router = APIRouter(tags=["inference"])
+
+ModelQuery = Annotated[str | None, Query(description="Model name; optional when one model or a default is set.")]
+VersionQuery = Annotated[int | None, Query(ge=1, description="Model version; default: the newest loaded.")]
+TopK = Annotated[int, Query(ge=1, le=1000, description="How many classes to return, best first.")]
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in {
+        400: "Undecodable image or malformed body",
+        404: "Unknown model or version",
+        413: "Body over the configured limit",
+        415: "Unsupported media type",
+        503: "Model not ready, queue full, or worker restarting (retryable)",
+        504: "No result within the request timeout",
+    }.items()
+}
+_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                    "required": ["file"],
+                },
+                "example": "file=@cat.jpg (repeat the field for several images)",
+            },
+            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "image/webp": {"schema": {"type": "string", "format": "binary"}},
+            "image/bmp": {"schema": {"type": "string", "format": "binary"}},
+            "application/json": {
+                "schema": {"type": "object", "properties": {"image": {"type": "string", "format": "byte"}}},
+                "example": {"image": "/9j/4AAQSkZJRgABAQ..."},
+            },
+        },
+    }
+}
+
+
+def _response(result: PredictResult, many: bool) -> PredictResponse | BatchPredictResponse:
+    lists = [
+        [PredictionOut(class_id=p.class_id, label=p.label, score=p.score) for p in ps] for ps in result.predictions
+    ]
+    if many:
+        return BatchPredictResponse(
+            model=result.model, version=result.version, results=[ImageResult(predictions=ps) for ps in lists]
+        )
+    return PredictResponse(model=result.model, version=result.version, predictions=lists[0])
+
+
+async def _predict(
+    request: Request, service: InferenceService, model: str | None, version: int | None, top_k: int
+) -> PredictResponse | BatchPredictResponse:
+    metrics = service.metrics
+    started = time.perf_counter()
+    label, status, reason = "", 200, None
+    try:
+        target = service.resolve(model, version)
+        label = target.name
+        metrics.inflight.labels(label).inc()
+        try:
+            images, many = await read_images(request, service.settings.max_body_bytes)
+            work = asyncio.ensure_future(service.predict(target, images, top_k))
+            gone = asyncio.ensure_future(wait_for_disconnect(request))
+            try:
+                await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                gone.cancel()
+                abandoned = not work.done()
+                if abandoned:  # client left (or we are cancelled): drop its images from the queue
+                    work.cancel()
+            if abandoned:
+                raise ClientDisconnected("client disconnected before its result was ready")
+            return _response(work.result(), many)
+        finally:
+            metrics.inflight.labels(label).dec()
+    except PdserveError as exc:
+        status, reason = exc.status_code, exc.code
+        raise
+    except Exception:
+        status, reason = 500, "internal_error"
+        raise
+    finally:
+        metrics.request_latency.labels(label, str(status)).observe(time.perf_counter() - started)
+        metrics.requests.labels(label, str(status)).inc()
+        if reason is not None:
+            metrics.errors.labels(label, reason).inc()
+
+
+@router.post(
+    "/predict",
+    response_model=PredictResponse | BatchPredictResponse,
+    responses=_ERRORS,
+    openapi_extra=_BODY,
+    summary="Classify one or several images",
+)
+async def predict(
+    request: Request, service: Service, model: ModelQuery = None, version: VersionQuery = None, top_k: TopK = 5
+) -> PredictResponse | BatchPredictResponse:
+    """Post an image as multipart ``file`` (repeat it for several), as the raw body, or as
+    ``{"image": "<base64>"}``; get the ``top_k`` classes, best first."""
+    return await _predict(request, service, model, version, top_k)
+
+
+@router.post(
+    "/models/{name}/predict",
+    response_model=PredictResponse | BatchPredictResponse,
+    responses=_ERRORS,
+    openapi_extra=_BODY,
+    summary="Classify with a named model",
+)
+async def predict_model(
+    request: Request,
+    service: Service,
+    name: Annotated[str, Path(description="Model name")],
+    version: VersionQuery = None,
+    top_k: TopK = 5,
+) -> PredictResponse | BatchPredictResponse:
+    """Same as ``POST /predict?model=<name>``."""
+    return await _predict(request, service, name, version, top_k)

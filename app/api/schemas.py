@@ -1,0 +1,89 @@
+"""Response bodies, as they appear in the OpenAPI document."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class PredictionOut(BaseModel):
+    class_id: int = Field(examples=[0])
+    label: str = Field(examples=["tench"])
+    score: float = Field(examples=[0.93])
+
+
+class PredictResponse(BaseModel):
+    model: str = Field(examples=["efficientnet_lite0"])
+    version: int = Field(examples=[1])
+    predictions: list[PredictionOut]
+
+
+class ImageResult(BaseModel):
+    predictions: list[PredictionOut]
+
+
+class BatchPredictResponse(BaseModel):
+    model: str
+    version: int
+    results: list[ImageResult] = Field(description="One entry per posted image, in order.")
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(examples=["invalid_image"])
+    message: str = Field(examples=["cannot decode image: not a JPEG, PNG, WebP or BMP file"])
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class InputInfo(BaseModel):
+    name: str
+    shape: list[int]
+    dtype: str
+
+
+class InstanceInfo(BaseModel):
+    index: int
+    pid: int | None
+    state: str
+    restarts: int
+    error: str | None
+
+
+class VersionInfo(BaseModel):
+    version: int
+    state: str
+    error: str | None
+    instances: list[InstanceInfo]
+
+
+class ModelInfo(BaseModel):
+    name: str
+    state: str
+    error: str | None = None
+    description: str = ""
+    versions: list[VersionInfo] = []
+    precision: str | None = None
+    device: str | None = None
+    instances: int | None = None
+    cpu_threads: int | None = None
+    max_batch_size: int | None = None
+    max_queue_delay_ms: float | None = None
+    batch_sizes: list[int] | None = None
+    max_queue_size: int | None = None
+    input: InputInfo | None = None
+    random_weights: bool | None = None
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class Health(BaseModel):
+    status: str = "ok"
+
+
+class Readiness(BaseModel):
+    ready: bool
+    models: dict[str, str] = Field(description="State of every configured model.")
+    reasons: list[str] = Field(default=[], description="Why the server is not ready, if it is not.")

@@ -1,0 +1,57 @@
+"""The app factory: settings in, a FastAPI app out. Nothing happens at import time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from importlib.metadata import PackageNotFoundError, version
+
+from fastapi import FastAPI
+
+from app.api import health, models, predict
+from app.api.errors import register_error_handlers
+from app.metrics import Metrics
+from app.repository import ModelRepository
+from app.service import InferenceService
+from app.settings import Settings
+
+
+def _version() -> str:
+    try:
+        return version("pdserve")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the app. Model configs are read now (a repository with no model folder refuses to
+    start); models load in the background once the server runs, so ``/healthz`` answers at once
+    and ``/readyz`` says what is still loading."""
+    metrics = Metrics()
+    repository = ModelRepository(settings.model_repo, metrics, settings.worker_start_timeout_s)
+    repository.scan()
+    service = InferenceService(repository, settings, metrics)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        loading = asyncio.create_task(repository.load_all())
+        try:
+            yield
+        finally:
+            # uvicorn has already finished in-flight requests (graceful shutdown) when we get here.
+            await asyncio.gather(loading, return_exceptions=True)
+            await repository.unload_all()
+            service.close()
+
+    app = FastAPI(
+        title="pdserve",
+        version=_version(),
+        summary="HTTP inference for PaddlePaddle image models, with dynamic batching.",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    register_error_handlers(app)
+    for module in (predict, models, health):
+        app.include_router(module.router)
+    return app

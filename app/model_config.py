@@ -1,0 +1,149 @@
+"""The schema of ``model_repo/<model>/config.yaml``, validated when the model loads."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from app.errors import ModelConfigError
+
+CONFIG_FILE = "config.yaml"
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(_Section):
+    name: str = Field("x", description="Name of the Paddle input tensor.")
+    shape: tuple[PositiveInt, PositiveInt, PositiveInt] = Field(
+        (3, 224, 224), description="Per-image shape, CHW, without the batch dimension."
+    )
+    dtype: Literal["float32"] = Field("float32", description="Element type of the input tensor.")
+
+
+class Preprocessing(_Section):
+    """Decode to RGB, resize the shorter side, center-crop, then (x - mean) / std per channel."""
+
+    resize_shorter: PositiveInt = Field(256, description="Length of the shorter side after resizing.")
+    interpolation: Literal["bilinear", "bicubic", "area", "nearest"] = "bilinear"
+    crop: PositiveInt = Field(224, description="Side of the center crop; must match the input's H and W.")
+    mean: tuple[float, float, float] = Field((123.675, 116.28, 103.53), description="RGB, on 0..255 pixels.")
+    std: tuple[float, float, float] = Field((58.395, 57.12, 57.375), description="RGB, on 0..255 pixels.")
+
+    @field_validator("std")
+    @classmethod
+    def _std_nonzero(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(s == 0 for s in v):
+            raise ValueError("std must not contain 0")
+        return v
+
+
+class Output(_Section):
+    name: str | None = Field(None, description="Output tensor to read; default: the model's first output.")
+    softmax_applied: bool = Field(
+        True, description="True if the model already ends in a softmax; otherwise the server applies one."
+    )
+
+
+class DynamicShape(_Section):
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+
+class TensorRT(_Section):
+    """Settings for ``Config.enable_tensorrt_engine``; used only with ``device: gpu:N``."""
+
+    enabled: bool = True
+    workspace_size: PositiveInt = Field(1 << 30, description="Bytes TensorRT may use while building engines.")
+    min_subgraph_size: PositiveInt = Field(3, description="Smallest subgraph handed to TensorRT.")
+    use_static: bool = Field(False, description="Serialize built engines to cache_dir and reuse them.")
+    use_calib_mode: bool = Field(False, description="INT8 via TensorRT's own calibration table.")
+    dynamic_shape: DynamicShape | None = Field(None, description="min/opt/max NCHW; derived from the input if unset.")
+    cache_dir: str | None = Field(None, description="Engine and calibration cache (set_optim_cache_dir).")
+
+
+class ModelConfig(_Section):
+    description: str = ""
+    input: InputSpec = InputSpec()
+    preprocessing: Preprocessing = Preprocessing()
+    output: Output = Output()
+    labels: str | None = Field(None, description="File of class names in class-id order, one a line.")
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    device: str = Field("cpu", description="'cpu' or 'gpu:N'.")
+    instances: PositiveInt = Field(1, description="Worker processes, each with its own predictor.")
+    cpu_threads: PositiveInt = Field(1, description="Math library threads per instance.")
+    max_batch_size: PositiveInt = Field(8, description="Largest batch the batcher forms.")
+    max_queue_delay_ms: float = Field(5.0, ge=0, description="How long a batch waits for more requests.")
+    batch_sizes: tuple[PositiveInt, ...] | None = Field(
+        None, description="Batches are padded up to one of these; default: powers of two and max_batch_size."
+    )
+    max_queue_size: PositiveInt = Field(256, description="Queued requests beyond this are refused with 503.")
+    versions: Literal["latest", "all"] | list[PositiveInt] = Field(
+        "latest", description="Which numbered version folders to load."
+    )
+    random_weights: bool = Field(False, description="True when the weights are untrained (exported for tests).")
+    tensorrt: TensorRT = TensorRT()
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v != "cpu" and not re.fullmatch(r"gpu:\d+", v):
+            raise ValueError("device must be 'cpu' or 'gpu:N', e.g. 'gpu:0'")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelConfig:
+        if self.preprocessing.crop != self.input.shape[1] or self.preprocessing.crop != self.input.shape[2]:
+            raise ValueError(
+                f"preprocessing.crop ({self.preprocessing.crop}) must equal input H and W {self.input.shape}"
+            )
+        if self.batch_sizes is not None and max(self.batch_sizes) != self.max_batch_size:
+            raise ValueError("the largest of batch_sizes must equal max_batch_size")
+        return self
+
+    @property
+    def gpu_id(self) -> int | None:
+        return int(self.device.split(":")[1]) if self.device.startswith("gpu") else None
+
+    @property
+    def padded_batch_sizes(self) -> tuple[int, ...]:
+        """Sizes batches are padded to: oneDNN allocates memory per input shape it sees."""
+        if self.batch_sizes is not None:
+            return tuple(sorted(set(self.batch_sizes)))
+        sizes = {1 << i for i in range(self.max_batch_size.bit_length()) if 1 << i <= self.max_batch_size}
+        return tuple(sorted(sizes | {self.max_batch_size}))
+
+
+def _format_error(path: Path, err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        parts.append(f"field '{field}': {e['msg']}")
+    return f"{path}: " + "; ".join(parts)
+
+
+def load_model_config(model_dir: Path) -> ModelConfig:
+    """Read and validate ``model_dir/config.yaml``; errors name the file and the field."""
+    path = model_dir / CONFIG_FILE
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ModelConfigError(f"{path}: missing (every model folder needs a {CONFIG_FILE})") from None
+    except yaml.YAMLError as e:
+        raise ModelConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ModelConfigError(f"{path}: must be a mapping of field: value")
+    try:
+        config = ModelConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ModelConfigError(_format_error(path, e)) from None
+    if config.labels is not None and not (model_dir / config.labels).is_file():
+        raise ModelConfigError(f"{path}: field 'labels': file {model_dir / config.labels} not found")
+    return config

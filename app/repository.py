@@ -1,0 +1,219 @@
+"""The model repository: which models and versions exist, their state, and loading them.
+
+Layout: ``<repo>/<model>/config.yaml``, an optional labels file, and numbered version folders
+``<repo>/<model>/<N>/model.pdmodel + model.pdiparams``. A folder that fails to load fails that
+model only: it is listed with state FAILED and the reason, and the others serve.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+import numpy as np
+
+from app.batching import BatchObserver, BatchPolicy, DynamicBatcher
+from app.errors import ModelConfigError, ModelLoadError, ModelNotFound, ModelNotReady, PdserveError
+from app.metrics import Metrics
+from app.model_config import ModelConfig, load_model_config
+from app.runtime.pool import WorkerPool
+
+log = logging.getLogger(__name__)
+
+
+class ModelState(StrEnum):
+    PENDING = "PENDING"
+    LOADING = "LOADING"
+    READY = "READY"
+    RECOVERING = "RECOVERING"  # loaded, but a worker died and is being restarted
+    FAILED = "FAILED"
+    UNLOADED = "UNLOADED"
+
+
+class _MetricsObserver(BatchObserver):
+    def __init__(self, metrics: Metrics, model: str) -> None:
+        self._depth = metrics.queue_depth.labels(model)
+        self._size = metrics.batch_size.labels(model)
+        self._wait = metrics.queue_wait.labels(model)
+
+    def queued(self, depth: int) -> None:
+        self._depth.set(depth)
+
+    def dispatched(self, size: int, waits: list[float]) -> None:
+        self._size.observe(size)
+        for w in waits:
+            self._wait.observe(w)
+
+
+@dataclass
+class ModelVersion:
+    name: str
+    version: int
+    path: Path
+    config: ModelConfig
+    labels: list[str] | None
+    state: ModelState = ModelState.PENDING
+    error: str | None = None
+    pool: WorkerPool | None = field(default=None, repr=False)
+    batcher: DynamicBatcher[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+
+    @property
+    def current_state(self) -> ModelState:
+        if self.state is ModelState.READY and self.pool is not None and not self.pool.ready:
+            return ModelState.RECOVERING
+        return self.state
+
+    async def load(self, metrics: Metrics, start_timeout_s: float) -> None:
+        self.state = ModelState.LOADING
+        pool = WorkerPool(
+            self.name,
+            self.path,
+            self.config,
+            start_timeout_s,
+            on_compute=metrics.compute.labels(self.name).observe,
+            on_alive_change=metrics.workers_alive.labels(self.name).set,
+            on_restart=metrics.worker_restarts.labels(self.name).inc,
+        )
+        try:
+            await pool.start()
+        except PdserveError as exc:
+            self.state, self.error = ModelState.FAILED, exc.message
+            log.error("model %s version %d failed to load: %s", self.name, self.version, exc.message)
+            return
+        policy = BatchPolicy(
+            max_batch_size=self.config.max_batch_size,
+            max_delay_s=self.config.max_queue_delay_ms / 1000,
+            max_queue_size=self.config.max_queue_size,
+            concurrency=self.config.instances,
+        )
+        self.pool = pool
+        self.batcher = DynamicBatcher(pool.infer, policy, _MetricsObserver(metrics, self.name))
+        self.batcher.start()
+        self.state = ModelState.READY
+        log.info("model %s version %d ready (%d instances)", self.name, self.version, self.config.instances)
+
+    async def unload(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.close()
+        if self.pool is not None:
+            await self.pool.stop()
+        if self.state is not ModelState.FAILED:
+            self.state = ModelState.UNLOADED
+
+
+@dataclass
+class ModelEntry:
+    """One model folder: its versions, or why it could not be read."""
+
+    name: str
+    path: Path
+    config: ModelConfig | None
+    versions: dict[int, ModelVersion]
+    error: str | None = None
+
+    @property
+    def state(self) -> ModelState:
+        if self.error is not None or not self.versions:
+            return ModelState.FAILED
+        states = {v.current_state for v in self.versions.values()}
+        for s in (ModelState.FAILED, ModelState.RECOVERING, ModelState.LOADING, ModelState.PENDING):
+            if s in states:
+                return s
+        return states.pop()
+
+    @property
+    def latest(self) -> ModelVersion | None:
+        return self.versions[max(self.versions)] if self.versions else None
+
+
+def _read_labels(model_dir: Path, config: ModelConfig) -> list[str] | None:
+    if config.labels is None:
+        return None
+    return [line.strip() for line in (model_dir / config.labels).read_text().splitlines() if line.strip()]
+
+
+def _version_dirs(model_dir: Path, config: ModelConfig) -> dict[int, Path]:
+    found = {int(p.name): p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0}
+    if not found:
+        raise ModelConfigError(f"{model_dir}: no version folder (expected {model_dir}/1/model.pdmodel)")
+    for _version, path in found.items():
+        missing = [f for f in ("model.pdmodel", "model.pdiparams") if not (path / f).is_file()]
+        if missing:
+            raise ModelConfigError(f"{path}: missing {', '.join(missing)}")
+    if config.versions == "latest":
+        return {max(found): found[max(found)]}
+    if config.versions == "all":
+        return found
+    absent = sorted(set(config.versions) - set(found))
+    if absent:
+        raise ModelConfigError(f"{model_dir / 'config.yaml'}: field 'versions': no folder for {absent}")
+    return {v: found[v] for v in config.versions}
+
+
+def _scan_model(model_dir: Path) -> ModelEntry:
+    try:
+        config = load_model_config(model_dir)
+        labels = _read_labels(model_dir, config)
+        dirs = _version_dirs(model_dir, config)
+    except ModelConfigError as exc:
+        log.error("%s", exc.message)
+        return ModelEntry(model_dir.name, model_dir, None, {}, error=exc.message)
+    versions = {v: ModelVersion(model_dir.name, v, p, config, labels) for v, p in dirs.items()}
+    return ModelEntry(model_dir.name, model_dir, config, versions)
+
+
+class ModelRepository:
+    def __init__(self, root: Path, metrics: Metrics, start_timeout_s: float) -> None:
+        self.root = root
+        self._metrics = metrics
+        self._start_timeout_s = start_timeout_s
+        self.models: dict[str, ModelEntry] = {}
+
+    def scan(self) -> None:
+        """Read every model folder's config (fast, no Paddle); loading comes after."""
+        self.models = {
+            p.name: _scan_model(p)
+            for p in sorted(self.root.iterdir())
+            if p.is_dir() and not p.name.startswith((".", "_"))
+        }
+        if not self.models:
+            raise ModelLoadError(f"model repository {self.root} has no model folders")
+
+    async def load_all(self) -> None:
+        versions = [v for entry in self.models.values() for v in entry.versions.values()]
+        await asyncio.gather(*(v.load(self._metrics, self._start_timeout_s) for v in versions))
+
+    async def unload_all(self) -> None:
+        versions = [v for entry in self.models.values() for v in entry.versions.values()]
+        await asyncio.gather(*(v.unload() for v in versions))
+
+    def get(self, name: str | None, version: int | None, default: str | None) -> ModelVersion:
+        """Find a servable version, or raise ``ModelNotFound`` / ``ModelNotReady``."""
+        if name is None:
+            if default is not None:
+                name = default
+            elif len(self.models) == 1:
+                name = next(iter(self.models))
+            else:
+                raise ModelNotFound(f"name a model: ?model=<name>, one of {sorted(self.models)}")
+        entry = self.models.get(name)
+        if entry is None:
+            raise ModelNotFound(f"no model {name!r}; available: {sorted(self.models)}")
+        if entry.error is not None:
+            raise ModelNotReady(f"model {name!r} failed to load: {entry.error}")
+        if version is None:
+            chosen = entry.latest
+        elif version not in entry.versions:
+            raise ModelNotFound(f"model {name!r} has no loaded version {version}; loaded: {sorted(entry.versions)}")
+        else:
+            chosen = entry.versions[version]
+        assert chosen is not None
+        state = chosen.current_state
+        if state is ModelState.FAILED:
+            raise ModelNotReady(f"model {name!r} version {chosen.version} failed to load: {chosen.error}")
+        if state not in (ModelState.READY, ModelState.RECOVERING):
+            raise ModelNotReady(f"model {name!r} version {chosen.version} is {state.value.lower()}")
+        return chosen

@@ -1,0 +1,131 @@
+"""The worker process: one Paddle predictor, fed through shared memory.
+
+``predictor.run()`` holds the GIL (measured: another thread in the same process runs at 1-6% speed
+meanwhile), so every predictor lives in its own process and the HTTP process never calls it.
+Only small tuples cross the pipe; images and outputs go through shared memory the parent owns.
+
+Protocol, parent -> worker: ``("output", shm_name)``, ``("run", batch_id, n)``, ``("stop",)``.
+Worker -> parent: ``("ready", out_shape, pid)``, ``("load_failed", message)``,
+``("done", batch_id, compute_s)``, ``("failed", batch_id, message)``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import traceback
+import warnings
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.shared_memory import SharedMemory
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.errors import PdserveError
+from app.model_config import ModelConfig
+from app.runtime.predictor_config import build_predictor, plan_predictor
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs, pickled once at spawn."""
+
+    model: str
+    version_dir: Path
+    config: ModelConfig
+    input_shm: str
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.config.input.shape)
+
+    @property
+    def batch_sizes(self) -> tuple[int, ...]:
+        return self.config.padded_batch_sizes
+
+
+def _attach(name: str) -> SharedMemory:
+    # The parent created and will unlink the segment; spawn shares its resource tracker with us.
+    return SharedMemory(name=name)
+
+
+class _Runner:
+    def __init__(self, spec: WorkerSpec) -> None:
+        import paddle
+
+        plan = plan_predictor(spec.config, spec.version_dir, paddle.device.is_compiled_with_cuda(), spec.model)
+        self.predictor = build_predictor(plan)
+        self.input = self.predictor.get_input_handle(spec.config.input.name)
+        outputs = self.predictor.get_output_names()
+        name = spec.config.output.name or outputs[0]
+        if name not in outputs:
+            raise ValueError(f"output {name!r} not in model outputs {outputs}")
+        self.output = self.predictor.get_output_handle(name)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        self.input.reshape(list(batch.shape))
+        self.input.copy_from_cpu(batch)
+        self.predictor.run()
+        result: np.ndarray = self.output.copy_to_cpu()
+        return result
+
+
+def _ignore_group_signals() -> None:
+    # The parent drains, then stops us with a message; a Ctrl-C or SIGTERM sent to the whole process
+    # group must not kill in-flight work. Set after importing paddle, whose import installs handlers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def worker_main(spec: WorkerSpec, conn: Connection) -> None:
+    warnings.filterwarnings("ignore", message="No ccache found")
+    _ignore_group_signals()
+    try:
+        runner = _Runner(spec)
+        _ignore_group_signals()
+        in_shm = _attach(spec.input_shm)
+        inputs = np.ndarray((max(spec.batch_sizes), *spec.input_shape), np.float32, buffer=in_shm.buf)
+        out_shape: tuple[int, ...] = ()
+        for size in spec.batch_sizes:  # warm every padded size now, not on the first request
+            out = runner.run(np.zeros((size, *spec.input_shape), np.float32))
+            if out.shape[0] != size:
+                raise ValueError(f"output batch dimension {out.shape[0]} != input batch {size}")
+            out_shape = tuple(out.shape[1:])
+    except Exception as exc:
+        message = str(exc) if isinstance(exc, PdserveError) else f"{type(exc).__name__}: {exc}"
+        conn.send(("load_failed", message))
+        conn.close()
+        return
+    conn.send(("ready", out_shape, os.getpid()))
+    out_shm: SharedMemory | None = None
+    outputs: np.ndarray | None = None
+    while True:
+        try:
+            msg: tuple[Any, ...] = conn.recv()
+        except (EOFError, OSError):  # parent gone
+            break
+        kind = msg[0]
+        if kind == "stop":
+            break
+        if kind == "output":
+            out_shm = _attach(msg[1])
+            outputs = np.ndarray((max(spec.batch_sizes), *out_shape), np.float32, buffer=out_shm.buf)
+            continue
+        _, batch_id, n = msg
+        try:
+            assert outputs is not None, "run before output buffer attached"
+            start = time.perf_counter()
+            result = runner.run(inputs[:n])
+            compute = time.perf_counter() - start
+            outputs[:n] = result
+            conn.send(("done", batch_id, compute))
+        except Exception as exc:
+            traceback.print_exc()
+            conn.send(("failed", batch_id, f"{type(exc).__name__}: {exc}"))
+    del inputs, outputs
+    in_shm.close()
+    if out_shm is not None:
+        out_shm.close()

@@ -1,0 +1,203 @@
+"""The batcher, made deterministic: huge delays so batches close only when full, events to hold a batch."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+
+import pytest
+
+from app.batching import BatchObserver, BatchPolicy, DynamicBatcher
+from app.errors import InferenceFailed, QueueFull, ShuttingDown
+
+HUGE = 3600.0
+pytestmark = pytest.mark.timeout(10)
+
+
+class Recorder:
+    """A batch function that records its batches and can be held open."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.started = asyncio.Event()
+        self.fail: Exception | None = None
+
+    async def __call__(self, items: list[int]) -> Sequence[int]:
+        self.batches.append(list(items))
+        self.started.set()
+        await self.gate.wait()
+        if self.fail is not None:
+            raise self.fail
+        return [x * 10 for x in items]
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Step the event loop (no time passes) until the condition holds; fail if it never does."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition never held")
+
+
+def batcher(
+    fn: Recorder, size: int, delay: float = HUGE, queue: int = 100, concurrency: int = 1
+) -> DynamicBatcher[int, int]:
+    b: DynamicBatcher[int, int] = DynamicBatcher(fn, BatchPolicy(size, delay, queue, concurrency))
+    b.start()
+    return b
+
+
+async def test_batch_closes_when_full() -> None:
+    fn = Recorder()
+    b = batcher(fn, size=3)
+    results = await asyncio.gather(*(b.submit(i) for i in range(6)))
+    assert results == [0, 10, 20, 30, 40, 50]
+    assert fn.batches == [[0, 1, 2], [3, 4, 5]]
+    await b.close()
+
+
+async def test_batch_closes_at_deadline_when_not_full() -> None:
+    fn = Recorder()
+    b = batcher(fn, size=100, delay=0.05)
+    assert await asyncio.gather(b.submit(1), b.submit(2)) == [10, 20]
+    assert fn.batches == [[1, 2]]
+    await b.close()
+
+
+async def test_zero_delay_runs_what_is_queued_without_waiting() -> None:
+    fn = Recorder()
+    b = batcher(fn, size=8, delay=0)
+    assert await b.submit(7) == 70
+    assert fn.batches == [[7]]
+    await b.close()
+
+
+async def test_cancelled_callers_are_dropped_before_the_batch_runs() -> None:
+    fn = Recorder()
+    fn.gate.clear()
+    b = batcher(fn, size=2)
+    first = asyncio.gather(b.submit(0), b.submit(1))  # batch 1 runs and is held open
+    await fn.started.wait()
+    leaving = asyncio.ensure_future(b.submit(2))
+    staying = asyncio.ensure_future(b.submit(3))
+    await asyncio.sleep(0)  # let both enqueue
+    leaving.cancel()
+    staying_too = asyncio.ensure_future(b.submit(4))
+    await asyncio.sleep(0)
+    fn.gate.set()
+    assert await first == [0, 10]
+    assert await asyncio.gather(staying, staying_too) == [30, 40]
+    # The cancelled input never reached the model, and did not count towards a full batch.
+    assert fn.batches == [[0, 1], [3, 4]]
+    await b.close()
+
+
+async def test_a_caller_cancelled_while_its_batch_forms_does_not_fill_it() -> None:
+    fn = Recorder()
+    b = batcher(fn, size=2)
+    leaving = asyncio.ensure_future(b.submit(1))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the loop has taken it as the first of a batch
+    leaving.cancel()
+    assert await asyncio.gather(b.submit(2), b.submit(3)) == [20, 30]
+    assert fn.batches == [[2, 3]]
+    await b.close()
+
+
+async def test_batch_failure_reaches_every_caller_in_it_and_no_other() -> None:
+    fn = Recorder()
+    b = batcher(fn, size=2)
+    fn.fail = RuntimeError("predictor exploded")
+    failed = await asyncio.gather(b.submit(1), b.submit(2), return_exceptions=True)
+    assert [str(e) for e in failed] == ["predictor exploded", "predictor exploded"]
+    fn.fail = None
+    assert await asyncio.gather(b.submit(3), b.submit(4)) == [30, 40]
+    await b.close()
+
+
+async def test_wrong_number_of_outputs_fails_every_caller_loudly() -> None:
+    async def short(items: list[int]) -> list[int]:
+        return items[:-1]
+
+    b: DynamicBatcher[int, int] = DynamicBatcher(short, BatchPolicy(2, HUGE, 10))
+    b.start()
+    results = await asyncio.gather(b.submit(1), b.submit(2), return_exceptions=True)
+    assert all(isinstance(r, InferenceFailed) and "returned 1 outputs" in str(r) for r in results)
+    await b.close()
+
+
+async def test_full_queue_refuses_at_once() -> None:
+    fn = Recorder()
+    fn.gate.clear()
+    b = batcher(fn, size=1, queue=2)
+    running = asyncio.ensure_future(b.submit(0))
+    await fn.started.wait()  # batch [0] holds the only slot
+    # The loop takes 1 as its next batch and waits for the slot; 2 and 3 fill the queue.
+    waiting = [asyncio.ensure_future(b.submit(1))]
+    await until(lambda: b.queue_depth == 1)  # 1 is queued ...
+    await until(lambda: b.queue_depth == 0)  # ... and taken by the loop
+    waiting += [asyncio.ensure_future(b.submit(i)) for i in (2, 3)]
+    await until(lambda: b.queue_depth == 2)
+    with pytest.raises(QueueFull):
+        await b.submit(4)
+    fn.gate.set()
+    assert await asyncio.gather(running, *waiting) == [0, 10, 20, 30]
+    await b.close()
+
+
+async def test_waiting_for_an_instance_tops_the_batch_up() -> None:
+    fn = Recorder()
+    fn.gate.clear()
+    b = batcher(fn, size=3, delay=0)
+    first = asyncio.ensure_future(b.submit(0))
+    await fn.started.wait()
+    # With delay 0 the next batch closes at once with [1], then waits for the busy instance;
+    # inputs arriving meanwhile join it up to max_batch_size.
+    rest = [asyncio.ensure_future(b.submit(i)) for i in (1, 2, 3, 4)]
+    await asyncio.sleep(0)
+    fn.gate.set()
+    assert await asyncio.gather(first, *rest) == [0, 10, 20, 30, 40]
+    assert fn.batches == [[0], [1, 2, 3], [4]]
+    await b.close()
+
+
+async def test_concurrency_runs_batches_side_by_side() -> None:
+    fn = Recorder()
+    fn.gate.clear()
+    b = batcher(fn, size=1, concurrency=2)
+    tasks = [asyncio.ensure_future(b.submit(i)) for i in range(3)]
+    await until(lambda: len(fn.batches) == 2)
+    assert fn.batches == [[0], [1]]  # two running at once; the third waits for a slot
+    fn.gate.set()
+    assert await asyncio.gather(*tasks) == [0, 10, 20]
+    await b.close()
+
+
+async def test_close_drains_queued_inputs_then_refuses_new_ones() -> None:
+    fn = Recorder()
+    b = batcher(fn, size=10)
+    pending = [asyncio.ensure_future(b.submit(i)) for i in range(3)]
+    await asyncio.sleep(0)
+    await b.close()  # does not wait for the huge deadline: closing runs what is queued
+    assert [p.result() for p in pending] == [0, 10, 20]
+    with pytest.raises(ShuttingDown):
+        await b.submit(9)
+
+
+async def test_observer_sees_sizes_and_waits() -> None:
+    seen: list[tuple[int, int]] = []
+
+    class Obs(BatchObserver):
+        def dispatched(self, size: int, waits: list[float]) -> None:
+            assert all(w >= 0 for w in waits)
+            seen.append((size, len(waits)))
+
+    fn = Recorder()
+    b: DynamicBatcher[int, int] = DynamicBatcher(fn, BatchPolicy(2, HUGE, 10), Obs())
+    b.start()
+    await asyncio.gather(*(b.submit(i) for i in range(4)))
+    assert seen == [(2, 2), (2, 2)]
+    await b.close()
