@@ -14,6 +14,7 @@ import itertools
 import logging
 import math
 import multiprocessing as mp
+import signal
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -33,6 +34,13 @@ log = logging.getLogger(__name__)
 _CTX = mp.get_context("spawn")  # fork after threads (uvicorn, OpenCV) is unsafe; spawn is clean
 MAX_RESTART_BACKOFF_S = 30.0
 STOP_TIMEOUT_S = 10.0
+
+
+def describe_exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with code {code}"
 
 
 class InstanceState(StrEnum):
@@ -87,6 +95,7 @@ class WorkerPool:
         self._instances: list[_Instance] = []
         self._idle: asyncio.Queue[_Instance] = asyncio.Queue()
         self._batch_ids = itertools.count()
+        self._reaping: set[asyncio.Task[None]] = set()
         self._stopping = False
 
     # ---- state -----------------------------------------------------------------------------
@@ -163,7 +172,7 @@ class WorkerPool:
         elif kind == "load_failed":
             inst.error = msg[1]
             if inst.ready is not None and not inst.ready.done():
-                inst.ready.set_exception(ModelLoadError(f"model {self.model!r}: {msg[1]}"))
+                inst.ready.set_exception(ModelLoadError(msg[1]))
         elif kind in ("done", "failed") and inst.pending is not None and inst.pending[0] == msg[1]:
             future = inst.pending[1]
             if future.done():  # its caller was cancelled; the worker is free again
@@ -193,29 +202,36 @@ class WorkerPool:
             loop.remove_reader(inst.conn.fileno())
             inst.conn.close()
             inst.conn = None
-        process.join(0)
-        code = process.exitcode
         was_alive = inst.state in (InstanceState.READY, InstanceState.BUSY)
+        inst.state = InstanceState.DEAD  # at once, so no new batch is handed to it
+        if was_alive:
+            self._on_alive_change(self.alive)
+        # The sentinel can close a moment before the kernel lets us reap the child: wait off-loop.
+        task = loop.create_task(self._reap(inst, process, was_alive))
+        self._reaping.add(task)
+        task.add_done_callback(self._reaping.discard)
+
+    async def _reap(self, inst: _Instance, process: BaseProcess, was_alive: bool) -> None:
+        await asyncio.to_thread(process.join, STOP_TIMEOUT_S)
+        code = process.exitcode
         if inst.exited is not None and not inst.exited.done():
             inst.exited.set_result(code)
         if inst.ready is not None and not inst.ready.done():
             inst.ready.set_exception(
-                ModelLoadError(f"model {self.model!r}: worker exited with code {code} while loading")
+                ModelLoadError(f"model {self.model!r}: worker {describe_exit(code)} while loading")
             )
         if inst.pending is not None and not inst.pending[1].done():
             inst.pending[1].set_exception(
-                WorkerDied(f"model {self.model!r}: worker pid {inst.pid} died (exit code {code}) running this batch")
+                WorkerDied(f"model {self.model!r}: worker pid {inst.pid} {describe_exit(code)} running this batch")
             )
         inst.pending = None
         if self._stopping:
             inst.state = InstanceState.STOPPED
             return
-        inst.state = InstanceState.DEAD
-        inst.error = inst.error or f"worker pid {inst.pid} exited with code {code}"
-        log.error("model %s: worker %d (pid %s) exited with code %s", self.model, inst.index, inst.pid, code)
+        inst.error = inst.error or f"worker pid {inst.pid} {describe_exit(code)}"
+        log.error("model %s: worker %d (pid %s) %s", self.model, inst.index, inst.pid, describe_exit(code))
         if was_alive:
-            self._on_alive_change(self.alive)
-            inst.restart_task = loop.create_task(self._restart(inst))
+            inst.restart_task = asyncio.get_running_loop().create_task(self._restart(inst))
 
     async def _restart(self, inst: _Instance) -> None:
         attempt = 0

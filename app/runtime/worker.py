@@ -95,7 +95,7 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
                 raise ValueError(f"output batch dimension {out.shape[0]} != input batch {size}")
             out_shape = tuple(out.shape[1:])
     except Exception as exc:
-        message = str(exc) if isinstance(exc, PdserveError) else f"{type(exc).__name__}: {exc}"
+        message = str(exc) if isinstance(exc, PdserveError) else f"model {spec.model!r}: {type(exc).__name__}: {exc}"
         conn.send(("load_failed", message))
         conn.close()
         return
