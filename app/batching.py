@@ -52,6 +52,7 @@ class DynamicBatcher(Generic[In, Out]):
         self._policy = policy
         self._observer = observer or BatchObserver()
         self._queue: deque[_Item[In, Out]] = deque()
+        self._forming: list[_Item[In, Out]] = []
         self._arrived = asyncio.Event()
         self._slots = asyncio.Semaphore(policy.concurrency)
         self._running: set[asyncio.Task[None]] = set()
@@ -60,7 +61,8 @@ class DynamicBatcher(Generic[In, Out]):
 
     @property
     def queue_depth(self) -> int:
-        return len(self._queue)
+        """Inputs not yet dispatched: queued, or in the batch being formed."""
+        return len(self._queue) + len(self._forming)
 
     def start(self) -> None:
         if self._loop_task is None:
@@ -70,11 +72,11 @@ class DynamicBatcher(Generic[In, Out]):
         """Queue one input and wait for its output. Cancelling the caller drops the input."""
         if self._closed:
             raise ShuttingDown("server is shutting down")
-        if len(self._queue) >= self._policy.max_queue_size:
+        if self.queue_depth >= self._policy.max_queue_size:
             raise QueueFull(f"queue is full ({self._policy.max_queue_size} waiting); retry later")
         item: _Item[In, Out] = _Item(value, asyncio.get_running_loop().create_future())
         self._queue.append(item)
-        self._observer.queued(len(self._queue))
+        self._observer.queued(self.queue_depth)
         self._arrived.set()
         return await item.future
 
@@ -108,11 +110,11 @@ class DynamicBatcher(Generic[In, Out]):
 
     async def _collect(self) -> list[_Item[In, Out]] | None:
         """Wait for a first live item, then fill until full or its deadline; None once closed and drained."""
-        batch: list[_Item[In, Out]] = []
+        batch = self._forming = []
         deadline = 0.0
         while True:
             # Callers that left while the batch was forming do not count towards a full batch.
-            batch = [item for item in batch if not item.future.done()]
+            batch[:] = [item for item in batch if not item.future.done()]
             if len(batch) >= self._policy.max_batch_size:
                 return batch
             remaining = deadline - time.monotonic() if batch else None
@@ -134,8 +136,9 @@ class DynamicBatcher(Generic[In, Out]):
         while (batch := await self._collect()) is not None:
             await self._slots.acquire()
             self._take_ready(batch)  # a free instance at last: top up with what arrived meanwhile
-            self._observer.queued(len(self._queue))
             live = [item for item in batch if not item.future.done()]
+            self._forming = []
+            self._observer.queued(self.queue_depth)
             if not live:
                 self._slots.release()
                 continue

@@ -135,16 +135,13 @@ async def test_full_queue_refuses_at_once() -> None:
     b = batcher(fn, size=1, queue=2)
     running = asyncio.ensure_future(b.submit(0))
     await fn.started.wait()  # batch [0] holds the only slot
-    # The loop takes 1 as its next batch and waits for the slot; 2 and 3 fill the queue.
-    waiting = [asyncio.ensure_future(b.submit(1))]
-    await until(lambda: b.queue_depth == 1)  # 1 is queued ...
-    await until(lambda: b.queue_depth == 0)  # ... and taken by the loop
-    waiting += [asyncio.ensure_future(b.submit(i)) for i in (2, 3)]
+    # 1 waits in the next batch (for the slot), 2 in the queue: two undispatched inputs.
+    waiting = [asyncio.ensure_future(b.submit(i)) for i in (1, 2)]
     await until(lambda: b.queue_depth == 2)
     with pytest.raises(QueueFull):
-        await b.submit(4)
+        await b.submit(3)
     fn.gate.set()
-    assert await asyncio.gather(running, *waiting) == [0, 10, 20, 30]
+    assert await asyncio.gather(running, *waiting) == [0, 10, 20]
     await b.close()
 
 
