@@ -122,14 +122,13 @@ def main() -> int:
         print(json.dumps(results, indent=2))
         return 0
     print(f"machine: {os.cpu_count()} cores; {args.requests} requests per row; clients on the same machine")
-    print(
-        f"{'variant':<46} {'conc':>4} {'img/s':>7} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} {'batch':>6} {'RSS MiB':>8}"
-    )
+    columns = ("conc", "img/s", "p50 ms", "p90 ms", "p99 ms", "batch", "RSS MiB")
+    print(f"{'variant':<46} " + " ".join(f"{c:>7}" for c in columns))
     for name, rows in results.items():
         for r in rows:
             print(
-                f"{name:<46} {r['concurrency']:>4} {r['images_per_s']:>7.1f} {r['p50_ms']:>7.1f} {r['p90_ms']:>7.1f}"
-                f" {r['p99_ms']:>7.1f} {r['mean_batch']:>6.2f} {r['worker_rss_mib']:>8.0f}"
+                f"{name:<46} {r['concurrency']:>7} {r['images_per_s']:>7.1f} {r['p50_ms']:>7.1f} {r['p90_ms']:>7.1f}"
+                f" {r['p99_ms']:>7.1f} {r['mean_batch']:>7.2f} {r['worker_rss_mib']:>7.0f}"
             )
     base = next(iter(results.values()))
     for name, rows in list(results.items())[1:]:

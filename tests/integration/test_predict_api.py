@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.model_config import load_model_config
 from tests.helpers import DEFAULT_MODEL, MODEL_REPO, ServerThread, metric, running_app, sample_list
 
 pytestmark = pytest.mark.timeout(180)
@@ -166,11 +167,15 @@ def test_models_listing(client: httpx.Client) -> None:
     assert info["input"] == {"name": "x", "shape": [3, 224, 224], "dtype": "float32"}
     assert info["batch_sizes"] == [1, 2, 4, 8]
     assert info["random_weights"] is False
+    assert info["instances"] == load_model_config(MODEL_REPO / DEFAULT_MODEL).instances
     (version,) = info["versions"]
     assert version["version"] == 1
     assert version["state"] == "READY"
-    assert [i["state"] for i in version["instances"]] in (["READY"], ["BUSY"])
-    assert isinstance(version["instances"][0]["pid"], int)
+    assert len(version["instances"]) == info["instances"]
+    assert all(i["state"] in ("READY", "BUSY") for i in version["instances"])
+    pids = {i["pid"] for i in version["instances"]}
+    assert len(pids) == info["instances"]
+    assert all(isinstance(p, int) for p in pids)
     assert_error(client.get("/models/nope"), 404, "model_not_found")
 
 
@@ -198,7 +203,7 @@ def test_metrics_record_requests_by_model_and_status(client: httpx.Client, photo
     assert delta("pdserve_queue_wait_seconds_count", model=m) == 1  # the bad image never queued
     assert delta("pdserve_batch_size_count", model=m) == 1
     assert delta("pdserve_inference_compute_seconds_count", model=m) == 1
-    assert metric(after, "pdserve_workers_alive", model=m) == 1
+    assert metric(after, "pdserve_workers_alive", model=m) == load_model_config(MODEL_REPO / m).instances
     assert metric(after, "pdserve_inflight_requests", model=m) == 0
 
 

@@ -105,7 +105,7 @@ def test_a_client_that_disconnects_is_dropped_from_its_batch(
 
 
 def test_a_worker_that_dies_fails_its_batch_and_is_restarted(tmp_path: Path, images: list[bytes]) -> None:
-    repo = make_repo(tmp_path, {"max_batch_size": 2, "max_queue_delay_ms": 0})
+    repo = make_repo(tmp_path, {"max_batch_size": 2, "max_queue_delay_ms": 0, "instances": 1})
     with running_app(repo, request_timeout_s=120) as server:
         pid = httpx.get(f"{server.url}/models/{DEFAULT_MODEL}").json()["versions"][0]["instances"][0]["pid"]
         before = metrics(server)
