@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -47,13 +48,28 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (default 8000; PDSERVE_PORT)")
     serve.add_argument("--model-repo", type=Path, help="model repository (default model_repo; PDSERVE_MODEL_REPO)")
     serve.set_defaults(func=_serve)
+    from app.pipeline.commands import register
+
+    register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from app.pipeline.commands import ensure_legacy_format
+
+    warnings.filterwarnings("ignore", message="No ccache found")  # Paddle's import, about a build tool
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    result: int = args.func(args)
-    return result
+    if args.command == "serve":
+        result: int = args.func(args)
+        return result
+    ensure_legacy_format(argv)
+    try:
+        args.func(args)
+    except PdserveError as exc:
+        print(f"pdserve {args.command}: error: {exc.message}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -90,6 +90,9 @@ class ModelConfig(_Section):
     )
     random_weights: bool = Field(False, description="True when the weights are untrained (exported for tests).")
     tensorrt: TensorRT = TensorRT()
+    calibration: dict[str, Any] | None = Field(
+        None, description="How an int8 model was calibrated: algo, images, source, date, tool versions."
+    )
 
     @field_validator("device")
     @classmethod

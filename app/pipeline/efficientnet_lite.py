@@ -14,7 +14,6 @@ Run ``python -m app.pipeline.efficientnet_lite --output model_repo/efficientnet_
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -137,30 +136,14 @@ def load_pretrained(with_softmax: bool = True) -> EfficientNetLite0:
     return model
 
 
-def export(model: nn.Layer, version_dir: Path, input_shape: tuple[int, int, int] = (3, 224, 224)) -> Path:
-    """Save an inference model (batch dimension dynamic) as ``version_dir/model.pdmodel``."""
-    pir = os.environ.get("FLAGS_enable_pir_api", "")  # noqa: SIM112 - Paddle reads this exact name
-    if pir.lower() not in ("0", "false"):
-        raise RuntimeError(
-            "set FLAGS_enable_pir_api=0 in the environment before starting Python: "
-            "only the legacy model.pdmodel format can be quantized"
-        )
-    version_dir.mkdir(parents=True, exist_ok=True)
-    spec = [paddle.static.InputSpec([None, *input_shape], "float32", name="x")]
-    prefix = version_dir / "model"
-    paddle.jit.save(paddle.jit.to_static(model, input_spec=spec, full_graph=True), str(prefix))
-    pdmodel = prefix.with_suffix(".pdmodel")
-    if not pdmodel.exists():
-        raise RuntimeError(f"paddle.jit.save did not write {pdmodel}; is FLAGS_enable_pir_api=0 honoured?")
-    return pdmodel
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, required=True, help="model folder, e.g. model_repo/efficientnet_lite0")
     parser.add_argument("--version", type=int, default=1)
     args = parser.parse_args(argv)
-    pdmodel = export(load_pretrained(), args.output / str(args.version))
+    from app.pipeline.export import save_inference_model
+
+    pdmodel = save_inference_model(load_pretrained(), args.output / str(args.version), (3, 224, 224))
     print(f"wrote {pdmodel} and {pdmodel.with_suffix('.pdiparams')}")
     return 0
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from app.errors import ModelLoadError
 from app.model_config import ModelConfig
 
@@ -105,3 +107,26 @@ def build_predictor(plan: PredictorPlan) -> Any:
         resolved = [getattr(inference.PrecisionType, a.name) if isinstance(a, Precision) else a for a in args]
         getattr(cfg, method)(*resolved)
     return inference.create_predictor(cfg)
+
+
+class LoadedPredictor:
+    """A Paddle predictor for one model version, with its plan; used by workers and offline tools."""
+
+    def __init__(self, config: ModelConfig, version_dir: Path, model: str = "") -> None:
+        import paddle
+
+        self.plan = plan_predictor(config, version_dir, paddle.device.is_compiled_with_cuda(), model)
+        self.predictor = build_predictor(self.plan)
+        self.input = self.predictor.get_input_handle(config.input.name)
+        outputs = self.predictor.get_output_names()
+        name = config.output.name or outputs[0]
+        if name not in outputs:
+            raise ModelLoadError(f"model {model!r}: output {name!r} not in model outputs {outputs}")
+        self.output = self.predictor.get_output_handle(name)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        self.input.reshape(list(batch.shape))
+        self.input.copy_from_cpu(np.ascontiguousarray(batch, np.float32))
+        self.predictor.run()
+        result: np.ndarray = self.output.copy_to_cpu()
+        return result

@@ -26,7 +26,7 @@ import numpy as np
 
 from app.errors import PdserveError
 from app.model_config import ModelConfig
-from app.runtime.predictor_config import build_predictor, plan_predictor
+from app.runtime.predictor_config import LoadedPredictor
 
 
 @dataclass(frozen=True)
@@ -52,27 +52,6 @@ def _attach(name: str) -> SharedMemory:
     return SharedMemory(name=name)
 
 
-class _Runner:
-    def __init__(self, spec: WorkerSpec) -> None:
-        import paddle
-
-        plan = plan_predictor(spec.config, spec.version_dir, paddle.device.is_compiled_with_cuda(), spec.model)
-        self.predictor = build_predictor(plan)
-        self.input = self.predictor.get_input_handle(spec.config.input.name)
-        outputs = self.predictor.get_output_names()
-        name = spec.config.output.name or outputs[0]
-        if name not in outputs:
-            raise ValueError(f"output {name!r} not in model outputs {outputs}")
-        self.output = self.predictor.get_output_handle(name)
-
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        self.input.reshape(list(batch.shape))
-        self.input.copy_from_cpu(batch)
-        self.predictor.run()
-        result: np.ndarray = self.output.copy_to_cpu()
-        return result
-
-
 def _ignore_group_signals() -> None:
     # The parent drains, then stops us with a message; a Ctrl-C or SIGTERM sent to the whole process
     # group must not kill in-flight work. Set after importing paddle, whose import installs handlers.
@@ -84,7 +63,7 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
     warnings.filterwarnings("ignore", message="No ccache found")
     _ignore_group_signals()
     try:
-        runner = _Runner(spec)
+        runner = LoadedPredictor(spec.config, spec.version_dir, spec.model)
         _ignore_group_signals()
         in_shm = _attach(spec.input_shm)
         inputs = np.ndarray((max(spec.batch_sizes), *spec.input_shape), np.float32, buffer=in_shm.buf)

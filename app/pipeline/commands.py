@@ -1,0 +1,212 @@
+"""The offline subcommands of ``pdserve``: export, quantize, evaluate, preprocess, calibrate, bench."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from app.pipeline.dataset import PipelineError, Sample, read_folder, read_label_list, select
+
+# paddle.jit.save and PTQ need the legacy program format, chosen when Paddle is first imported.
+LEGACY_FORMAT_COMMANDS = {"export", "quantize"}
+
+
+def ensure_legacy_format(argv: list[str]) -> None:
+    """Re-run this command with FLAGS_enable_pir_api=0 if it is not set."""
+    if argv and argv[0] in LEGACY_FORMAT_COMMANDS and os.environ.get("FLAGS_enable_pir_api") != "0":  # noqa: SIM112
+        env = {**os.environ, "FLAGS_enable_pir_api": "0"}
+        os.execve(sys.executable, [sys.executable, "-m", "app", *argv], env)
+
+
+def _emit(args: argparse.Namespace, data: Any, human: str) -> None:
+    print(json.dumps(data, indent=2, default=str) if args.json else human)
+
+
+def _samples(args: argparse.Namespace) -> list[Sample]:
+    if getattr(args, "label_list", None):
+        samples = read_label_list(args.label_list, getattr(args, "data_root", None))
+    elif getattr(args, "data_dir", None):
+        samples = read_folder(args.data_dir)
+    else:
+        raise PipelineError("give --label-list FILE (lines 'path label') or --data-dir FOLDER")
+    return select(samples, getattr(args, "limit", None))
+
+
+def _export(args: argparse.Namespace) -> None:
+    from app.pipeline.export import export_model
+
+    result = export_model(
+        args.arch,
+        args.output,
+        weights=args.weights,
+        pretrained=args.pretrained,
+        softmax=not args.no_softmax,
+        num_classes=args.num_classes,
+        labels=args.labels,
+        version=args.version,
+    )
+    note = " (RANDOM weights)" if result["random_weights"] else ""
+    _emit(args, result, f"exported {args.arch}{note} to {result['model_dir']}/{result['version']}")
+
+
+def _quantize(args: argparse.Namespace) -> None:
+    from app.pipeline.quantize import quantize_repository_model
+
+    samples = _samples(args)
+    source = str(args.label_list or args.data_dir)
+    with contextlib.redirect_stdout(sys.stderr):  # Paddle's PTQ prints progress bars on stdout
+        result = quantize_repository_model(
+            args.model_dir,
+            args.quantize_model_path,
+            samples,
+            source,
+            version=args.version,
+            algo=args.algo,
+            batch_size=args.batch_size,
+            batch_nums=args.batch_nums,
+            hist_percent=args.hist_percent,
+            weight_quantize_type=args.weight_quantize_type,
+            is_full_quantize=args.is_full_quantize,
+            onnx_format=not args.no_onnx_format,
+        )
+    human = (
+        f"quantized {args.model_dir} ({result['algo']}, {result['images']} images, {result['seconds']} s) "
+        f"to {result['model_dir']}/{result['version']}"
+    )
+    _emit(args, result, human)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from app.pipeline.evaluate import LocalModel, as_json, evaluate, format_table
+
+    models = [LocalModel.open(p, cpu_threads=args.threads) for p in args.models]
+    if args.data_file:
+        results = evaluate(models, data_file=args.data_file, batch_size=args.batch_size)
+    else:
+        results = evaluate(models, samples=_samples(args), batch_size=args.batch_size)
+    _emit(args, as_json(results), format_table(results))
+
+
+def _preprocess(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from app.pipeline.dataset import load_images, write_binary
+    from app.pipeline.evaluate import LocalModel
+
+    model = LocalModel.open(args.model)
+    spec = model.config.preprocessing
+    if args.data_dim is not None and args.data_dim != spec.crop:
+        raise PipelineError(f"--data-dim {args.data_dim} differs from the model's input size {spec.crop}")
+    samples = select(read_label_list(args.label_list, args.data_dir), args.limit)
+    images = load_images(samples, spec)
+    write_binary(args.output_file, images, np.array([s.label for s in samples]))
+    result = {"output_file": str(args.output_file), "images": len(samples), "shape": list(images.shape[1:])}
+    _emit(args, result, f"wrote {len(samples)} images {list(images.shape[1:])} to {args.output_file}")
+
+
+def _calibrate(args: argparse.Namespace) -> None:
+    from app.pipeline.calibrate import calibrate, require_cuda
+
+    require_cuda()  # before reading any image
+    result = calibrate(args.model, _samples(args), gpu=args.gpu, cache_dir=args.cache_dir)
+    _emit(args, result, f"calibrated {args.model} on {result['images']} images; table in {result['cache_dir']}")
+
+
+def _bench(args: argparse.Namespace) -> None:
+    from app.pipeline.bench import bench_model, format_report
+    from app.pipeline.evaluate import LocalModel
+
+    samples = _samples(args) if (args.label_list or args.data_dir) else []
+    reports = []
+    for path in args.models:
+        model = LocalModel.open(path, cpu_threads=args.threads)
+        reports += bench_model(model, args.batch_sizes, args.iterations, args.warmup, samples)
+    human = format_report(reports)
+    if len(args.models) > 1:
+        base = {r["data"]["batch_size"]: r["performance"]["images_per_s"] for r in reports[: len(args.batch_sizes)]}
+        for r in reports[len(args.batch_sizes) :]:
+            ratio = r["performance"]["images_per_s"] / base[r["data"]["batch_size"]]
+            human += (
+                f"\n{r['model']['name']} at batch {r['data']['batch_size']}: {ratio:.2f}x the images/s of the first"
+            )
+    _emit(args, reports, human)
+
+
+def _data_args(p: argparse.ArgumentParser, folder: bool = True) -> None:
+    p.add_argument("--label-list", type=Path, help="file of 'image-path class-id' lines (val_list.txt format)")
+    p.add_argument("--data-root", type=Path, help="folder the list's paths are relative to (default: the list's)")
+    if folder:
+        p.add_argument("--data-dir", type=Path, help="a folder of images (unlabelled)")
+    p.add_argument("--limit", type=int, help="use only the first N images")
+
+
+def register(sub: Any) -> None:
+    """Add the offline subcommands to the ``pdserve`` parser."""
+    from app.pipeline.export import ARCHITECTURES
+    from app.pipeline.quantize import ALGOS
+
+    def add(name: str, fn: Callable[[argparse.Namespace], None], help: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = sub.add_parser(name, help=help, description=help)
+        p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+        p.set_defaults(func=fn)
+        return p
+
+    p = add("export", _export, "export a Paddle model into a model-repository folder")
+    p.add_argument("--arch", required=True, choices=sorted(ARCHITECTURES))
+    p.add_argument("--output", type=Path, required=True, help="model folder, e.g. model_repo/resnet50")
+    p.add_argument("--weights", type=Path, help="trained weights (.pdparams); without them weights are random")
+    p.add_argument("--pretrained", action="store_true", help="efficientnet_lite0: import the pretrained weights")
+    p.add_argument("--labels", type=Path, help="class names, one a line, copied into the model folder")
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--version", type=int, help="version folder to write (default: the next number)")
+    p.add_argument("--no-softmax", action="store_true", help="do not append a softmax")
+
+    p = add("quantize", _quantize, "post-training INT8 quantization of a repository model")
+    p.add_argument("--model-dir", "--model", type=Path, required=True, help="the fp32 model folder")
+    p.add_argument("--quantize-model-path", "--output", type=Path, required=True, help="the int8 model folder")
+    p.add_argument("--version", type=int, help="version of the fp32 model (default: newest)")
+    _data_args(p)
+    p.add_argument("--algo", default="KL", choices=ALGOS)
+    p.add_argument("--batch-size", type=int, default=10)
+    p.add_argument("--batch-nums", type=int, help="calibration batches (default: all images)")
+    p.add_argument("--hist-percent", type=float, default=0.9999, help="for algo hist")
+    p.add_argument(
+        "--weight-quantize-type", default="channel_wise_abs_max", choices=["channel_wise_abs_max", "abs_max"]
+    )
+    p.add_argument("--is-full-quantize", action="store_true")
+    p.add_argument("--no-onnx-format", action="store_true", help="old fake-quant format instead of (de)quantize ops")
+
+    p = add("evaluate", _evaluate, "top-1/top-5 and throughput of models side by side")
+    p.add_argument("--models", type=Path, nargs="+", required=True, help="model folders; the first is the reference")
+    _data_args(p, folder=False)
+    p.add_argument("--data-file", type=Path, help="a binary file from 'pdserve preprocess' instead of images")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threads", type=int, help="cpu_math_library_num_threads (default: the model's)")
+
+    p = add("preprocess", _preprocess, "turn labelled images into Paddle's binary ImageNet layout")
+    p.add_argument("--model", type=Path, required=True, help="model folder whose preprocessing to apply")
+    p.add_argument("--data-dir", type=Path, required=True, help="folder the label list's paths are relative to")
+    p.add_argument("--label-list", type=Path, required=True)
+    p.add_argument("--output-file", type=Path, required=True)
+    p.add_argument("--data-dim", type=int, help="image side; must match the model's input")
+    p.add_argument("--limit", type=int)
+
+    p = add("calibrate", _calibrate, "TensorRT INT8 calibration on a GPU (use_calib_mode)")
+    p.add_argument("--model", type=Path, required=True)
+    _data_args(p)
+    p.add_argument("--gpu", type=int, default=0)
+    p.add_argument("--cache-dir", type=Path, help="where TensorRT keeps engines and the table")
+
+    p = add("bench", _bench, "in-process latency and throughput with a full inference report")
+    p.add_argument("--models", type=Path, nargs="+", required=True, help="model folders; ratios are to the first")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--iterations", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--threads", type=int, help="cpu_math_library_num_threads (default: the model's)")
+    _data_args(p)
