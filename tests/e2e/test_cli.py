@@ -1,0 +1,198 @@
+"""The ``pdserve`` offline commands, run as a user runs them, on small real inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.model_config import load_model_config
+from tests.helpers import DEFAULT_MODEL, MODEL_REPO, ROOT, running_app, sample_dir
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def pdserve(*args: str | Path, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "FLAGS_enable_pir_api"}  # the CLI must set it itself
+    result = subprocess.run(
+        [sys.executable, "-m", "app", *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    if ok:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def small_list(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Twenty sample photos, listed with paths relative to the sample folder."""
+    lines = (sample_dir() / "val_list.txt").read_text().splitlines()[:20]
+    path = tmp_path_factory.mktemp("data") / "small_list.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("repo") / "mobilenet_v3_small"
+    result = pdserve("export", "--arch", "mobilenet_v3_small", "--output", out, "--json")
+    assert json.loads(result.stdout) == {
+        "model_dir": str(out),
+        "version": 1,
+        "arch": "mobilenet_v3_small",
+        "random_weights": True,
+    }
+    return out
+
+
+def test_export_writes_a_servable_repository_model(exported: Path) -> None:
+    assert (exported / "1" / "model.pdmodel").is_file()
+    assert (exported / "1" / "model.pdiparams").is_file()
+    config = load_model_config(exported)
+    assert config.random_weights is True
+    assert config.input.shape == (3, 224, 224)
+    with running_app(exported.parent) as server:
+        info = httpx.get(f"{server.url}/models/mobilenet_v3_small").json()
+        assert info["random_weights"] is True
+        photo = next((sample_dir() / "images").iterdir()).read_bytes()
+        r = httpx.post(f"{server.url}/predict", content=photo, headers={"Content-Type": "image/jpeg"}, timeout=60)
+        assert r.status_code == 200
+        assert abs(sum(p["score"] for p in r.json()["predictions"][:1000])) <= 1.0001
+
+
+def test_export_a_second_version_and_refuse_bad_weights(exported: Path, tmp_path: Path) -> None:
+    result = pdserve("export", "--arch", "mobilenet_v3_small", "--output", exported, "--json")
+    assert json.loads(result.stdout)["version"] == 2
+    (tmp_path / "w.pdparams").write_bytes(b"")
+    bad = pdserve("export", "--arch", "resnet50", "--output", tmp_path / "r", "--weights", tmp_path / "nope", ok=False)
+    assert bad.returncode == 2
+    assert "weights file" in bad.stderr
+    assert "not found" in bad.stderr
+
+
+def test_quantize_evaluate_and_serve_int8(exported: Path, small_list: Path, tmp_path: Path) -> None:
+    int8 = tmp_path / "mobilenet_v3_small_int8"
+    result = pdserve(
+        "quantize",
+        "--model-dir",
+        exported,
+        "--version",
+        "1",
+        "--quantize-model-path",
+        int8,
+        "--label-list",
+        small_list,
+        "--data-root",
+        sample_dir(),
+        "--algo",
+        "abs_max",
+        "--batch-size",
+        "5",
+        "--batch-nums",
+        "2",
+        "--json",
+    )
+    record = json.loads(result.stdout)  # progress output went to stderr: stdout is clean JSON
+    assert record["algo"] == "abs_max"
+    assert record["images"] == 10
+    config = load_model_config(int8)
+    assert config.precision == "int8"
+    assert config.calibration is not None
+    assert {"algo", "images", "source", "date", "tools"} <= set(config.calibration)
+    assert config.calibration["tools"]["paddle"].startswith("3.3")
+
+    table = pdserve(
+        "evaluate", "--models", exported, int8, "--label-list", small_list, "--data-root", sample_dir(), "--json"
+    )
+    rows = json.loads(table.stdout)
+    assert [(r["model"], r["precision"], r["images"]) for r in rows] == [
+        ("mobilenet_v3_small", "fp32", 20),
+        ("mobilenet_v3_small_int8", "int8", 20),
+    ]
+    assert rows[0]["agreement"] is None
+    assert 0 <= rows[1]["agreement"] <= 1
+    human = pdserve("evaluate", "--models", exported, int8, "--label-list", small_list, "--data-root", sample_dir())
+    assert "mobilenet_v3_small_int8" in human.stdout
+    assert "top-1" in human.stdout
+
+
+def test_preprocess_then_evaluate_from_the_binary_file(small_list: Path, tmp_path: Path) -> None:
+    model = MODEL_REPO / DEFAULT_MODEL
+    out = tmp_path / "val.bin"
+    pdserve(
+        "preprocess",
+        "--model",
+        model,
+        "--data-dir",
+        sample_dir(),
+        "--label-list",
+        small_list,
+        "--output-file",
+        out,
+        "--data-dim",
+        "224",
+    )
+    assert out.stat().st_size == 8 + 20 * 3 * 224 * 224 * 4 + 20 * 8
+    from_file = json.loads(pdserve("evaluate", "--models", model, "--data-file", out, "--json").stdout)
+    from_images = json.loads(
+        pdserve("evaluate", "--models", model, "--label-list", small_list, "--data-root", sample_dir(), "--json").stdout
+    )
+    assert from_file[0]["top1"] == from_images[0]["top1"] >= 0.75
+    assert from_file[0]["top5"] == from_images[0]["top5"]
+    wrong = pdserve("preprocess", "--model", model, "--data-dir", sample_dir(), "--label-list", small_list,
+                    "--output-file", out, "--data-dim", "299", ok=False)  # fmt: skip
+    assert wrong.returncode == 2
+    assert "differs from the model's input size 224" in wrong.stderr
+
+
+def test_bench_reports_every_section(small_list: Path) -> None:
+    result = pdserve(
+        "bench", "--models", MODEL_REPO / DEFAULT_MODEL, "--batch-sizes", "1", "2", "--iterations", "3",
+        "--label-list", small_list, "--data-root", sample_dir(), "--limit", "4", "--json",
+    )  # fmt: skip
+    reports = json.loads(result.stdout)
+    assert [r["data"]["batch_size"] for r in reports] == [1, 2]
+    report = reports[0]
+    assert set(report) == {"environment", "configuration", "model", "data", "performance"}
+    assert report["environment"]["paddle"].startswith("3.3")
+    assert report["configuration"]["onednn"] is True
+    assert report["model"]["precision"] == "fp32"
+    perf = report["performance"]
+    assert perf["images_per_s"] > 0
+    assert perf["p50_ms"] <= perf["p99_ms"]
+    assert perf["cpu_rss_mib"] > 0
+    human = pdserve("bench", "--models", MODEL_REPO / DEFAULT_MODEL, "--batch-sizes", "1", "--iterations", "2")
+    assert "environment" in human.stdout
+    assert "performance.images_per_s" in human.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["quantize", "--model", "model_repo/efficientnet_lite0", "--output", "/tmp/x", "--data-dir", "/no/such"],
+         "image folder /no/such not found"),
+        (["quantize", "--model", "model_repo/efficientnet_lite0", "--output", "/tmp/x", "--algo", "KLD",
+          "--data-dir", "."], "invalid choice: 'KLD'"),
+        (["evaluate", "--models", "model_repo/nope", "--label-list", "x.txt"],
+         "model folder model_repo/nope not found"),
+        (["calibrate", "--model", "model_repo/efficientnet_lite0", "--label-list", "/no/such/list.txt"],
+         "calibrate needs a CUDA build of Paddle"),
+        (["export", "--arch", "vgg99", "--output", "/tmp/x"], "invalid choice: 'vgg99'"),
+    ],
+)  # fmt: skip
+def test_errors_are_clear_and_exit_non_zero(args: list[str], message: str) -> None:
+    result = pdserve(*args, ok=False)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_malformed_list_line_is_reported_with_its_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.txt"
+    bad.write_text("images/n01440764_tench.JPEG 0\nimages/oops.JPEG\n")
+    result = pdserve("evaluate", "--models", MODEL_REPO / DEFAULT_MODEL, "--label-list", bad, ok=False)
+    assert result.returncode == 2
+    assert "bad.txt:2: expected '<image path> <class id>'" in result.stderr
