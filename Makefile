@@ -16,8 +16,17 @@ $(VENV)/.serve: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
 	touch $@
 
-$(VENV)/.dev: pyproject.toml | $(BIN)/python
+# PaddleSlim's pins replace opencv-python-headless with opencv-python 4.6 and break `import cv2`
+# under numpy 2, so it goes into a folder of its own, without its dependencies, for the one test
+# that checks a PaddleSlim-quantized model serves like ours (tests/e2e/test_paddleslim_compat.py).
+SLIM_SIDE := $(VENV)/paddleslim-side
+SLIM_PACKAGES := paddleslim==2.6.0 pyzmq tqdm six matplotlib pyparsing cycler python-dateutil kiwisolver \
+	fonttools requests urllib3 decorator "setuptools<81"
+
+$(VENV)/.dev: pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,convert]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --target $(SLIM_SIDE) \
+		--upgrade $(SLIM_PACKAGES)
 	touch $@ $(VENV)/.serve
 
 serve: $(VENV)/.serve
