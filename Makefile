@@ -5,15 +5,20 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 MODEL_REPO ?= model_repo
+# Which Paddle to install: cpu (paddlepaddle), gpu (paddlepaddle-gpu), or empty when the Python
+# environment has Paddle already (a Paddle GPU base image, with VENV_FLAGS=--system-site-packages).
+PADDLE ?= cpu
+VENV_FLAGS ?=
+SPEC := .$(if $(PADDLE),[$(PADDLE)])
 
-.PHONY: serve test lint typecheck unit model clean
+.PHONY: serve test lint typecheck unit model clean k8s-validate
 
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
 
 # One stamp per set of extras; a changed pyproject.toml reinstalls.
 $(VENV)/.serve: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '$(SPEC)'
 	touch $@
 
 # PaddleSlim's pins replace opencv-python-headless with opencv-python 4.6 and break `import cv2`
@@ -24,7 +29,7 @@ SLIM_PACKAGES := paddleslim==2.6.0 pyzmq tqdm six matplotlib pyparsing cycler py
 	fonttools requests urllib3 decorator "setuptools<81"
 
 $(VENV)/.dev: pyproject.toml Makefile | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,convert]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[cpu,dev,convert]'
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --target $(SLIM_SIDE) \
 		--upgrade $(SLIM_PACKAGES)
 	touch $@ $(VENV)/.serve
@@ -35,6 +40,18 @@ serve: $(VENV)/.serve
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/hadolint Dockerfile
+	$(MAKE) --no-print-directory k8s-validate
+
+# Render both kustomize overlays (kubectl's built-in kustomize) and validate them offline.
+k8s-validate: $(VENV)/.dev
+	@command -v kubectl >/dev/null || { echo "kubectl is needed to render deploy/k8s (apt-get install kubectl)"; exit 1; }
+	@mkdir -p build
+	@for overlay in cpu gpu; do \
+		kubectl kustomize deploy/k8s/overlays/$$overlay > build/k8s-$$overlay.yaml || exit 1; \
+		$(BIN)/kubernetes-validate --strict --quiet build/k8s-$$overlay.yaml || exit 1; \
+		echo "deploy/k8s/overlays/$$overlay: valid (kubernetes-validate --strict)"; \
+	done
 
 typecheck: $(VENV)/.dev
 	$(BIN)/mypy

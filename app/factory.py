@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from app.api import health, models, predict
 from app.api.errors import register_error_handlers
 from app.metrics import Metrics
-from app.repository import ModelRepository
+from app.repository import ModelRepository, Overrides
 from app.service import InferenceService
 from app.settings import Settings
 
@@ -29,7 +29,8 @@ def create_app(settings: Settings) -> FastAPI:
     start); models load in the background once the server runs, so ``/healthz`` answers at once
     and ``/readyz`` says what is still loading."""
     metrics = Metrics()
-    repository = ModelRepository(settings.model_repo, metrics, settings.worker_start_timeout_s)
+    overrides = Overrides(device=settings.device, trt_cache_dir=settings.trt_cache_dir)
+    repository = ModelRepository(settings.model_repo, metrics, settings.worker_start_timeout_s, overrides)
     repository.scan()
     service = InferenceService(repository, settings, metrics)
 

@@ -68,6 +68,7 @@ class ModelVersion:
 
     async def load(self, metrics: Metrics, start_timeout_s: float) -> None:
         self.state = ModelState.LOADING
+        metrics.worker_restarts.labels(self.name)  # a zero, not an absent series, until the first restart
         pool = WorkerPool(
             self.name,
             self.path,
@@ -153,9 +154,27 @@ def _version_dirs(model_dir: Path, config: ModelConfig) -> dict[int, Path]:
     return {v: found[v] for v in config.versions}
 
 
-def _scan_model(model_dir: Path) -> ModelEntry:
+@dataclass(frozen=True)
+class Overrides:
+    """Deployment-wide settings that win over every model's config."""
+
+    device: str | None = None
+    trt_cache_dir: Path | None = None
+
+    def apply(self, config: ModelConfig) -> ModelConfig:
+        update: dict[str, object] = {}
+        if self.device is not None:
+            update["device"] = self.device
+        if self.trt_cache_dir is not None:
+            trt = config.tensorrt.model_copy(update={"cache_dir": str(self.trt_cache_dir), "use_static": True})
+            update["tensorrt"] = trt
+        # validate again: the override goes through the same checks as the file
+        return ModelConfig.model_validate({**config.model_dump(), **update}) if update else config
+
+
+def _scan_model(model_dir: Path, overrides: Overrides) -> ModelEntry:
     try:
-        config = load_model_config(model_dir)
+        config = overrides.apply(load_model_config(model_dir))
         labels = _read_labels(model_dir, config)
         dirs = _version_dirs(model_dir, config)
     except ModelConfigError as exc:
@@ -166,8 +185,11 @@ def _scan_model(model_dir: Path) -> ModelEntry:
 
 
 class ModelRepository:
-    def __init__(self, root: Path, metrics: Metrics, start_timeout_s: float) -> None:
+    def __init__(
+        self, root: Path, metrics: Metrics, start_timeout_s: float, overrides: Overrides | None = None
+    ) -> None:
         self.root = root
+        self._overrides = overrides or Overrides()
         self._metrics = metrics
         self._start_timeout_s = start_timeout_s
         self.models: dict[str, ModelEntry] = {}
@@ -175,7 +197,7 @@ class ModelRepository:
     def scan(self) -> None:
         """Read every model folder's config (fast, no Paddle); loading comes after."""
         self.models = {
-            p.name: _scan_model(p)
+            p.name: _scan_model(p, self._overrides)
             for p in sorted(self.root.iterdir())
             if p.is_dir() and not p.name.startswith((".", "_"))
         }

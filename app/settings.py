@@ -22,6 +22,10 @@ class Settings(BaseSettings):
     worker_start_timeout_s: float = Field(300.0, gt=0, description="Time a worker may take to load and warm up.")
     graceful_shutdown_s: float = Field(30.0, gt=0, description="On SIGTERM, time to finish in-flight requests.")
     log_level: str = "info"
+    device: str | None = Field(None, description="Overrides every model's device, e.g. gpu:0 in the GPU image.")
+    trt_cache_dir: Path | None = Field(
+        None, description="Overrides every model's tensorrt.cache_dir (and sets use_static) so engines persist."
+    )
 
     @field_validator("model_repo")
     @classmethod

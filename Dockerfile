@@ -1,0 +1,75 @@
+# pdserve images. Two targets:
+#   docker build -t pdserve:cpu .                    # default (the last stage): Paddle CPU wheel
+#   docker build --target gpu -t pdserve:gpu .       # Paddle GPU base image with CUDA, cuDNN, TensorRT
+# The install step is the Makefile's, the one `make serve` runs, so image and laptop install alike.
+# No Docker engine runs where pdserve is developed: these images have never been built by the
+# project (hadolint checks this file in CI). See README, "Deploy with Docker".
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# Paddle publishes GPU images as paddle:<version>-gpu-cuda<x>-cudnn<y>-trt<z>; check the tag exists
+# for your Paddle version and driver before building (CUDA 12.6 needs driver >= 550).
+ARG GPU_BASE=paddlepaddle/paddle:3.3.1-gpu-cuda12.6-cudnn9.5-trt10.5
+
+# ---- GPU -----------------------------------------------------------------------------------------
+FROM ${GPU_BASE} AS gpu
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends make \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --no-create-home pdserve
+WORKDIR /srv/pdserve
+COPY pyproject.toml Makefile README.md ./
+COPY app ./app
+# Paddle (paddlepaddle-gpu) comes with the base image: PADDLE= installs no Paddle wheel over it.
+RUN make VENV=/opt/venv VENV_FLAGS=--system-site-packages PADDLE= PYTHON=python3 /opt/venv/.serve
+COPY model_repo /models
+ENV PATH=/opt/venv/bin:$PATH \
+    HOME=/tmp \
+    PDSERVE_MODEL_REPO=/models \
+    PDSERVE_HOST=0.0.0.0 \
+    PDSERVE_PORT=8000 \
+    PDSERVE_DEVICE=gpu:0 \
+    PDSERVE_TRT_CACHE_DIR=/var/cache/pdserve/trt
+RUN mkdir -p /var/cache/pdserve/trt && chown 10001 /var/cache/pdserve/trt
+# TensorRT engines take minutes to build; keep them across restarts.
+VOLUME ["/var/cache/pdserve/trt"]
+USER 10001
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=3s --start-period=300s --retries=3 \
+  CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
+ENTRYPOINT ["pdserve", "serve"]
+
+# ---- CPU -----------------------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS cpu-build
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends make \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /srv/pdserve
+COPY pyproject.toml Makefile README.md ./
+COPY app ./app
+RUN make VENV=/opt/venv /opt/venv/.serve
+
+FROM ${PYTHON_IMAGE} AS cpu
+# libgomp: OpenMP runtime used by Paddle's CPU kernels.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libgomp1 \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --no-create-home pdserve
+WORKDIR /srv/pdserve
+COPY --from=cpu-build /opt/venv /opt/venv
+COPY --from=cpu-build /srv/pdserve /srv/pdserve
+# The default model repository is baked in; mount another over /models to replace it.
+COPY model_repo /models
+ENV PATH=/opt/venv/bin:$PATH \
+    HOME=/tmp \
+    PDSERVE_MODEL_REPO=/models \
+    PDSERVE_HOST=0.0.0.0 \
+    PDSERVE_PORT=8000
+USER 10001
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=3s --start-period=120s --retries=3 \
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
+# SIGTERM: stop accepting, finish in-flight requests (PDSERVE_GRACEFUL_SHUTDOWN_S), stop workers.
+ENTRYPOINT ["pdserve", "serve"]
