@@ -11,7 +11,7 @@ PADDLE ?= cpu
 VENV_FLAGS ?=
 SPEC := .$(if $(PADDLE),[$(PADDLE)])
 
-.PHONY: serve test lint typecheck unit model clean k8s-validate
+.PHONY: serve test lint typecheck unit model int8-model clean k8s-validate
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -66,6 +66,15 @@ unit: $(VENV)/.dev
 # FLAGS_enable_pir_api=0 must be set before Python starts, so paddle.jit.save writes model.pdmodel.
 model: $(VENV)/.dev
 	FLAGS_enable_pir_api=0 $(BIN)/python -m app.pipeline.efficientnet_lite --output model_repo/efficientnet_lite0
+
+# Re-create model_repo/efficientnet_lite0_int8 from the FP32 model and 200 fixed sample images.
+SAMPLE ?= ../shared/data/imagenet-sample
+int8-model: $(VENV)/.dev
+	rm -rf model_repo/efficientnet_lite0_int8/1 model_repo/efficientnet_lite0_int8/config.yaml
+	$(BIN)/pdserve quantize --model-dir model_repo/efficientnet_lite0 \
+		--quantize-model-path model_repo/efficientnet_lite0_int8 \
+		--label-list data/imagenet-sample-calibration.txt --data-root $(SAMPLE) \
+		--algo abs_max --batch-size 10 --batch-nums 20
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -31,7 +31,7 @@ def create_app(settings: Settings) -> FastAPI:
     metrics = Metrics()
     overrides = Overrides(device=settings.device, trt_cache_dir=settings.trt_cache_dir)
     repository = ModelRepository(settings.model_repo, metrics, settings.worker_start_timeout_s, overrides)
-    repository.scan()
+    repository.scan(settings.default_model)
     service = InferenceService(repository, settings, metrics)
 
     @contextlib.asynccontextmanager

@@ -14,6 +14,7 @@ from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from app.batching import BatchObserver, BatchPolicy, DynamicBatcher
 from app.errors import ModelConfigError, ModelLoadError, ModelNotFound, ModelNotReady, PdserveError
@@ -22,6 +23,7 @@ from app.model_config import ModelConfig, load_model_config
 from app.runtime.pool import WorkerPool
 
 log = logging.getLogger(__name__)
+REPOSITORY_FILE = "repository.yaml"
 
 
 class ModelState(StrEnum):
@@ -193,9 +195,11 @@ class ModelRepository:
         self._metrics = metrics
         self._start_timeout_s = start_timeout_s
         self.models: dict[str, ModelEntry] = {}
+        self.default_model: str | None = None
 
-    def scan(self) -> None:
+    def scan(self, default_model: str | None = None) -> None:
         """Read every model folder's config (fast, no Paddle); loading comes after."""
+        self.default_model = default_model or self._repository_default()
         self.models = {
             p.name: _scan_model(p, self._overrides)
             for p in sorted(self.root.iterdir())
@@ -203,6 +207,24 @@ class ModelRepository:
         }
         if not self.models:
             raise ModelLoadError(f"model repository {self.root} has no model folders")
+        if self.default_model is not None and self.default_model not in self.models:
+            raise ModelLoadError(
+                f"default model {self.default_model!r} is not in {self.root}; it has {sorted(self.models)}"
+            )
+
+    def _repository_default(self) -> str | None:
+        path = self.root / REPOSITORY_FILE
+        if not path.is_file():
+            return None
+        try:
+            doc = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ModelLoadError(f"{path}: not valid YAML: {exc}") from None
+        unknown = set(doc) - {"default_model"} if isinstance(doc, dict) else {"(not a mapping)"}
+        if unknown:
+            raise ModelLoadError(f"{path}: unknown fields {sorted(unknown)}; only 'default_model' is read")
+        default = doc.get("default_model")
+        return str(default) if default is not None else None
 
     async def load_all(self) -> None:
         versions = [v for entry in self.models.values() for v in entry.versions.values()]
@@ -212,11 +234,11 @@ class ModelRepository:
         versions = [v for entry in self.models.values() for v in entry.versions.values()]
         await asyncio.gather(*(v.unload() for v in versions))
 
-    def get(self, name: str | None, version: int | None, default: str | None) -> ModelVersion:
+    def get(self, name: str | None, version: int | None) -> ModelVersion:
         """Find a servable version, or raise ``ModelNotFound`` / ``ModelNotReady``."""
         if name is None:
-            if default is not None:
-                name = default
+            if self.default_model is not None:
+                name = self.default_model
             elif len(self.models) == 1:
                 name = next(iter(self.models))
             else:

@@ -51,7 +51,7 @@ class InferenceService:
         self._decoder = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="pdserve-decode")
 
     def resolve(self, model: str | None, version: int | None) -> ModelVersion:
-        return self.repository.get(model, version, self.settings.default_model)
+        return self.repository.get(model, version)
 
     async def _decode(self, target: ModelVersion, images: list[bytes]) -> list[np.ndarray]:
         loop = asyncio.get_running_loop()

@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from app.model_config import CONFIG_FILE, load_model_config
+from app.model_config import CONFIG_FILE
 from app.pipeline.dataset import PipelineError, Sample, load_images
+from app.pipeline.evaluate import LocalModel
 from app.pipeline.export import next_version, require_legacy_format, write_config
 
 ALGOS = ("KL", "hist", "mse", "avg", "abs_max")
@@ -109,14 +110,10 @@ def quantize_repository_model(
     require_legacy_format()
     if algo not in ALGOS:
         raise PipelineError(f"unknown algo {algo!r}; choose from {', '.join(ALGOS)}")
-    config = load_model_config(model_dir)
+    source_model = LocalModel.open(model_dir, version)
+    config, src_version, src_dir = source_model.config, source_model.version, source_model.version_dir
     if config.precision != "fp32":
         raise PipelineError(f"{model_dir} is {config.precision}; quantize an fp32 model")
-    versions = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
-    if not versions:
-        raise PipelineError(f"{model_dir} has no version folder")
-    src_version = version or versions[-1]
-    src_dir = model_dir / str(src_version)
     if not (src_dir / "model.pdmodel").is_file():
         raise PipelineError(f"{src_dir}/model.pdmodel not found (export with FLAGS_enable_pir_api=0)")
     batch_nums = batch_nums or max(1, len(samples) // batch_size)

@@ -96,13 +96,16 @@ def test_make_serve_classifies_real_photos(served: MakeServe) -> None:
         assert r.json()["predictions"][0]["class_id"] == label
 
 
-async def _classify_all(url: str, rows: list[tuple[Path, int]], concurrency: int) -> list[int]:
+async def _classify_all(
+    url: str, rows: list[tuple[Path, int]], concurrency: int, model: str = DEFAULT_MODEL
+) -> list[int]:
     limit = asyncio.Semaphore(concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=120) as client:
 
         async def one(data: bytes) -> int:
             async with limit:
-                r = await client.post("/predict", content=data, headers=JPEG, params={"top_k": 1})
+                params: dict[str, str | int] = {"top_k": 1, "model": model}
+                r = await client.post("/predict", content=data, headers=JPEG, params=params)
                 assert r.status_code == 200, r.text
                 return int(r.json()["predictions"][0]["class_id"])
 
@@ -128,12 +131,16 @@ def test_concurrent_requests_are_batched(served: MakeServe) -> None:
 
 def test_top1_accuracy_through_the_api(served: MakeServe) -> None:
     rows = sample_list()
-    predicted = asyncio.run(_classify_all(served.url, rows, concurrency=8))
-    correct = sum(p == label for p, (_, label) in zip(predicted, rows, strict=True))
-    top1 = correct / len(rows)
-    print(f"\nEfficientNet-Lite0 FP32 through the HTTP API: top-1 {top1:.1%} ({correct}/{len(rows)})")
     assert len(rows) == 500
-    assert top1 >= 0.85
+    top1 = {}
+    for model in (DEFAULT_MODEL, f"{DEFAULT_MODEL}_int8"):
+        predicted = asyncio.run(_classify_all(f"{served.url}", rows, concurrency=8, model=model))
+        correct = sum(p == label for p, (_, label) in zip(predicted, rows, strict=True))
+        top1[model] = correct / len(rows)
+        print(f"\n{model} through the HTTP API: top-1 {top1[model]:.1%} ({correct}/{len(rows)})")
+    assert top1[DEFAULT_MODEL] >= 0.85
+    # issue 3's target: INT8 within 1.0 point of FP32 on these 500 images
+    assert top1[f"{DEFAULT_MODEL}_int8"] >= top1[DEFAULT_MODEL] - 0.010
 
 
 def test_sigterm_drains_queued_requests_then_exits(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from app.model_config import load_model_config
 from tests.helpers import DEFAULT_MODEL, MODEL_REPO, ServerThread, metric, running_app, sample_list
 
 pytestmark = pytest.mark.timeout(180)
+SHIPPED = sorted(p.name for p in MODEL_REPO.iterdir() if p.is_dir())
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +160,9 @@ def test_framework_errors_use_the_same_shape(client: httpx.Client) -> None:
 
 def test_models_listing(client: httpx.Client) -> None:
     listing = client.get("/models").json()["models"]
-    assert [m["name"] for m in listing] == [DEFAULT_MODEL]
+    assert [m["name"] for m in listing] == SHIPPED
+    int8 = client.get(f"/models/{DEFAULT_MODEL}_int8").json()
+    assert int8["precision"] == "int8"
     info = client.get(f"/models/{DEFAULT_MODEL}").json()
     assert info["state"] == "READY"
     assert info["precision"] == "fp32"
@@ -183,7 +186,7 @@ def test_health_and_readiness(client: httpx.Client) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"ready": True, "models": {DEFAULT_MODEL: "READY"}, "reasons": []}
+    assert ready.json() == {"ready": True, "models": dict.fromkeys(SHIPPED, "READY"), "reasons": []}
 
 
 def test_metrics_record_requests_by_model_and_status(client: httpx.Client, photos: list[tuple[Path, int]]) -> None:
