@@ -196,3 +196,19 @@ def test_malformed_list_line_is_reported_with_its_line(tmp_path: Path) -> None:
     result = pdserve("evaluate", "--models", MODEL_REPO / DEFAULT_MODEL, "--label-list", bad, ok=False)
     assert result.returncode == 2
     assert "bad.txt:2: expected '<image path> <class id>'" in result.stderr
+
+
+def test_export_the_pretrained_efficientnet_importer(small_list: Path, tmp_path: Path) -> None:
+    pytest.importorskip("torch", reason="the convert extra (torch) is not installed")
+    out = tmp_path / "efficientnet_lite0"
+    result = pdserve("export", "--arch", "efficientnet_lite0", "--pretrained", "--output", out, "--json")
+    assert json.loads(result.stdout)["random_weights"] is False
+    config = load_model_config(out)
+    assert config.preprocessing.mean == (127.0, 127.0, 127.0)  # this model's own normalisation
+    table = pdserve(
+        "evaluate", "--models", MODEL_REPO / DEFAULT_MODEL, out, "--label-list", small_list,
+        "--data-root", sample_dir(), "--json",
+    )  # fmt: skip
+    shipped, exported = json.loads(table.stdout)
+    assert exported["top1"] == shipped["top1"] >= 0.75
+    assert exported["agreement"] == 1.0
