@@ -164,6 +164,3 @@ class DynamicBatcher(Generic[In, Out]):
                     item.future.set_result(out)
         finally:
             self._slots.release()
-
-    def __repr__(self) -> str:  # pragma: no cover - debugging aid
-        return f"DynamicBatcher(queued={len(self._queue)}, running={len(self._running)})"
