@@ -124,6 +124,11 @@ class ModelConfig(_Section):
         return tuple(sorted(sizes | {self.max_batch_size}))
 
 
+def version_folders(model_dir: Path) -> dict[int, Path]:
+    """The numbered version folders (``1/``, ``2/``, ...) of a model folder."""
+    return {int(p.name): p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0}
+
+
 def _format_error(path: Path, err: ValidationError) -> str:
     parts = []
     for e in err.errors():

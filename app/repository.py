@@ -19,7 +19,7 @@ import yaml
 from app.batching import BatchObserver, BatchPolicy, DynamicBatcher
 from app.errors import ModelConfigError, ModelLoadError, ModelNotFound, ModelNotReady, PdserveError
 from app.metrics import Metrics
-from app.model_config import ModelConfig, load_model_config
+from app.model_config import ModelConfig, load_model_config, version_folders
 from app.runtime.pool import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ def _read_labels(model_dir: Path, config: ModelConfig) -> list[str] | None:
 
 
 def _version_dirs(model_dir: Path, config: ModelConfig) -> dict[int, Path]:
-    found = {int(p.name): p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0}
+    found = version_folders(model_dir)
     if not found:
         raise ModelConfigError(f"{model_dir}: no version folder (expected {model_dir}/1/model.pdmodel)")
     for _version, path in found.items():

@@ -28,6 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from app.pipeline.bench import rss_mib  # noqa: E402
 from tests.helpers import free_port, make_repo, metric, sample_list  # noqa: E402
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -37,13 +38,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "2 workers x 1 thread, batch<=8, delay 0 ms": {"instances": 2, "cpu_threads": 1, "max_queue_delay_ms": 0},
 }
 MODEL = "efficientnet_lite0"
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 async def drive(url: str, images: list[bytes], requests: int, concurrency: int) -> tuple[float, list[float]]:

@@ -27,9 +27,10 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def _rss_mib() -> float:
+def rss_mib(pid: int | str = "self") -> float:
+    """Resident memory of a process, from /proc (NaN where there is no /proc)."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     except OSError:
@@ -86,6 +87,7 @@ def bench_model(
     else:
         images = np.random.default_rng(0).standard_normal((max(batch_sizes), *shape)).astype(np.float32)
         preprocess_ms = float("nan")
+    env, config = environment(), configuration(model, predictor.plan.methods())
     reports = []
     for batch_size in batch_sizes:
         batch = np.resize(images, (batch_size, *shape)).astype(np.float32)
@@ -104,8 +106,8 @@ def bench_model(
         ms = np.array(times) * 1000
         reports.append(
             {
-                "environment": environment(),
-                "configuration": configuration(model, predictor.plan.methods()),
+                "environment": env,
+                "configuration": config,
                 "model": {"name": model.name, "version": model.version, "precision": model.config.precision},
                 "data": {
                     "batch_size": batch_size,
@@ -114,7 +116,7 @@ def bench_model(
                     "iterations": iterations,
                 },
                 "performance": {
-                    "cpu_rss_mib": round(_rss_mib(), 1),
+                    "cpu_rss_mib": round(rss_mib(), 1),
                     "gpu_memory_mib": None,
                     "gpu_utilization": None,
                     "preprocess_ms_per_image": round(preprocess_ms, 3),

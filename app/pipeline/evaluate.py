@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from app.model_config import ModelConfig, load_model_config
+from app.model_config import ModelConfig, load_model_config, version_folders
 from app.pipeline.dataset import PipelineError, Progress, Sample, batches, load_images, read_binary
 from app.runtime.predictor_config import LoadedPredictor
 
@@ -30,7 +30,7 @@ class LocalModel:
         config = load_model_config(path)
         if cpu_threads is not None:
             config = config.model_copy(update={"cpu_threads": cpu_threads})
-        found = sorted(int(p.name) for p in path.iterdir() if p.is_dir() and p.name.isdigit())
+        found = sorted(version_folders(path))
         if not found:
             raise PipelineError(f"{path} has no version folder")
         chosen = version or found[-1]

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from app.model_config import CONFIG_FILE, Preprocessing
+from app.model_config import CONFIG_FILE, Preprocessing, version_folders
 from app.pipeline.dataset import PipelineError
 
 EFFICIENTNET_PREPROCESSING = Preprocessing(mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0))
@@ -97,8 +97,7 @@ class _Softmax:
 
 
 def next_version(model_dir: Path) -> int:
-    existing = [int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit()]
-    return max(existing, default=0) + 1
+    return max(version_folders(model_dir), default=0) + 1
 
 
 def write_config(model_dir: Path, doc: dict[str, Any]) -> Path:
