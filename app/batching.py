@@ -3,21 +3,25 @@
 Each caller awaits its own future. The loop blocks on the first queued item; from that item's
 arrival a batch has ``max_delay_s`` to fill up to ``max_batch_size``. It then waits for a free
 instance (at most ``concurrency`` batches run at once) and, having one, tops the batch up with
-whatever arrived meanwhile. Callers that have gone (cancelled futures) are dropped before the batch
-runs. A failure of the batch call fails every caller in it; nothing else does.
+whatever arrived meanwhile. Callers that have gone (cancelled futures) and items whose deadline
+has passed are dropped before the batch runs, so expired work is never executed. A failure of
+the batch call fails every caller in it; nothing else does. The queue is not bounded here:
+admission (``admission.py``) decides at the door.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
+import logging
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from app.errors import InferenceFailed, QueueFull, ShuttingDown
+from app.errors import InferenceFailed, RequestTimeout, ShuttingDown
 
+log = logging.getLogger(__name__)
 In = TypeVar("In")
 Out = TypeVar("Out")
 
@@ -28,7 +32,6 @@ BatchFn = Callable[[list[In]], Awaitable[Sequence[Out]]]
 class BatchPolicy:
     max_batch_size: int
     max_delay_s: float
-    max_queue_size: int
     concurrency: int = 1
 
 
@@ -36,7 +39,9 @@ class BatchPolicy:
 class _Item(Generic[In, Out]):
     value: In
     future: asyncio.Future[Out]
-    enqueued: float = field(default_factory=time.monotonic)
+    enqueued: float
+    deadline: float = math.inf
+    dispatched: bool = field(default=False)
 
 
 class BatchObserver:
@@ -44,6 +49,8 @@ class BatchObserver:
 
     def queued(self, depth: int) -> None: ...
     def dispatched(self, size: int, waits: list[float]) -> None: ...
+    def completed(self, size: int, seconds: float) -> None: ...
+    def expired(self, count: int) -> None: ...
 
 
 class DynamicBatcher(Generic[In, Out]):
@@ -53,6 +60,7 @@ class DynamicBatcher(Generic[In, Out]):
         self._observer = observer or BatchObserver()
         self._queue: deque[_Item[In, Out]] = deque()
         self._forming: list[_Item[In, Out]] = []
+        self._waiting = 0  # live items not yet dispatched, whether queued or in the forming batch
         self._arrived = asyncio.Event()
         self._slots = asyncio.Semaphore(policy.concurrency)
         self._running: set[asyncio.Task[None]] = set()
@@ -61,33 +69,53 @@ class DynamicBatcher(Generic[In, Out]):
 
     @property
     def queue_depth(self) -> int:
-        """Inputs not yet dispatched: queued, or in the batch being formed."""
-        return len(self._queue) + len(self._forming)
+        """Live inputs not yet dispatched: queued, or in the batch being formed."""
+        return self._waiting
 
     def start(self) -> None:
         if self._loop_task is None:
             self._loop_task = asyncio.get_running_loop().create_task(self._run_forever())
+            self._loop_task.add_done_callback(self._loop_ended)
 
-    async def submit(self, value: In) -> Out:
-        """Queue one input and wait for its output. Cancelling the caller drops the input."""
+    async def submit(self, value: In, deadline: float = math.inf) -> Out:
+        """Queue one input and wait for its output; ``deadline`` is in ``loop.time()``.
+
+        Cancelling the caller drops the input; so does its deadline passing before dispatch."""
         if self._closed:
             raise ShuttingDown("server is shutting down")
-        if self.queue_depth >= self._policy.max_queue_size:
-            raise QueueFull(f"queue is full ({self._policy.max_queue_size} waiting); retry later")
-        item: _Item[In, Out] = _Item(value, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        item: _Item[In, Out] = _Item(value, loop.create_future(), loop.time(), deadline)
+        self._waiting += 1
+        item.future.add_done_callback(lambda _: self._left(item))
         self._queue.append(item)
-        self._observer.queued(self.queue_depth)
+        self._observer.queued(self._waiting)
         self._arrived.set()
         return await item.future
+
+    def _left(self, item: _Item[In, Out]) -> None:
+        """The caller has its answer or has gone; an undispatched item stops counting."""
+        if not item.dispatched:
+            item.dispatched = True
+            self._waiting -= 1
+            self._observer.queued(self._waiting)
 
     async def close(self) -> None:
         """Refuse new inputs, run what is queued, wait for running batches, then stop."""
         self._closed = True
         self._arrived.set()
         if self._loop_task is not None:
-            await self._loop_task
+            await asyncio.gather(self._loop_task, return_exceptions=True)
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
+
+    def _live(self, item: _Item[In, Out], now: float) -> bool:
+        if item.future.done():
+            return False
+        if item.deadline <= now:
+            item.future.set_exception(RequestTimeout("the request's deadline passed while it was queued"))
+            self._observer.expired(1)
+            return False
+        return True
 
     async def _next_item(self, wait_s: float | None) -> _Item[In, Out] | None:
         while not self._queue:
@@ -101,23 +129,25 @@ class DynamicBatcher(Generic[In, Out]):
         return self._queue.popleft()
 
     def _take_ready(self, batch: list[_Item[In, Out]]) -> None:
-        live = sum(not item.future.done() for item in batch)
-        while self._queue and live < self._policy.max_batch_size:
+        now = asyncio.get_running_loop().time()
+        batch[:] = [item for item in batch if self._live(item, now)]
+        while self._queue and len(batch) < self._policy.max_batch_size:
             item = self._queue.popleft()
-            if not item.future.done():
+            if self._live(item, now):
                 batch.append(item)
-                live += 1
 
     async def _collect(self) -> list[_Item[In, Out]] | None:
         """Wait for a first live item, then fill until full or its deadline; None once closed and drained."""
+        loop = asyncio.get_running_loop()
         batch = self._forming = []
-        deadline = 0.0
+        close_at = 0.0
         while True:
             # Callers that left while the batch was forming do not count towards a full batch.
-            batch[:] = [item for item in batch if not item.future.done()]
+            now = loop.time()
+            batch[:] = [item for item in batch if self._live(item, now)]
             if len(batch) >= self._policy.max_batch_size:
                 return batch
-            remaining = deadline - time.monotonic() if batch else None
+            remaining = close_at - now if batch else None
             if remaining is not None and remaining <= 0:
                 return batch
             item = await self._next_item(remaining)
@@ -127,29 +157,58 @@ class DynamicBatcher(Generic[In, Out]):
                 if self._closed:
                     return None
                 continue
+            if not self._live(item, loop.time()):
+                continue
             if not batch:
-                deadline = item.enqueued + self._policy.max_delay_s
+                close_at = item.enqueued + self._policy.max_delay_s
             batch.append(item)
 
     async def _run_forever(self) -> None:
-        loop = asyncio.get_running_loop()
-        while (batch := await self._collect()) is not None:
-            await self._slots.acquire()
+        while True:
+            try:
+                if not await self._dispatch_one():
+                    return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # never die silently: fail what was in hand, keep serving
+                log.exception("batching loop error; failing the batch being formed")
+                for item in self._forming:
+                    if not item.future.done():
+                        item.future.set_exception(InferenceFailed(f"batching failed: {exc!r}"))
+                self._forming = []
+
+    async def _dispatch_one(self) -> bool:
+        batch = await self._collect()
+        if batch is None:
+            return False
+        await self._slots.acquire()
+        try:
             self._take_ready(batch)  # a free instance at last: top up with what arrived meanwhile
-            live = [item for item in batch if not item.future.done()]
-            self._forming = []
-            self._observer.queued(self.queue_depth)
-            if not live:
-                self._slots.release()
-                continue
-            task = loop.create_task(self._run_batch(live))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+        except BaseException:
+            self._slots.release()
+            raise
+        self._forming = []
+        if not batch:
+            self._slots.release()
+            return True
+        for item in batch:
+            item.dispatched = True
+        self._waiting -= len(batch)
+        self._observer.queued(self._waiting)
+        task = asyncio.get_running_loop().create_task(self._run_batch(batch))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        return True
+
+    def _loop_ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("batching loop ended with an error", exc_info=task.exception())
 
     async def _run_batch(self, batch: list[_Item[In, Out]]) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            now = time.monotonic()
-            self._observer.dispatched(len(batch), [now - item.enqueued for item in batch])
+            start = loop.time()
+            self._observer.dispatched(len(batch), [start - item.enqueued for item in batch])
             try:
                 outputs = await self._fn([item.value for item in batch])
                 if len(outputs) != len(batch):
@@ -159,6 +218,7 @@ class DynamicBatcher(Generic[In, Out]):
                     if not item.future.done():
                         item.future.set_exception(exc)
                 return
+            self._observer.completed(len(batch), loop.time() - start)
             for item, out in zip(batch, outputs, strict=True):
                 if not item.future.done():
                     item.future.set_result(out)

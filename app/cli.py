@@ -14,9 +14,8 @@ from app.errors import PdserveError
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from app.factory import create_app
+    from app.server import build_server
     from app.settings import Settings
 
     overrides = {k: v for k, v in {"host": args.host, "port": args.port, "model_repo": args.model_repo}.items() if v}
@@ -30,13 +29,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"pdserve: {exc.message}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=int(settings.graceful_shutdown_s),
-    )
+    build_server(app, settings).run()
     return 0
 
 

@@ -1,6 +1,9 @@
-"""One error hierarchy: each class carries its HTTP status and a stable machine-readable code."""
+"""One error hierarchy: each class carries its HTTP status, a stable machine-readable code, and the
+headers its response needs (``Retry-After`` on the retryable ones)."""
 
 from __future__ import annotations
+
+import math
 
 
 class PdserveError(Exception):
@@ -11,6 +14,10 @@ class PdserveError(Exception):
         super().__init__(message)
         self.message = message
 
+    @property
+    def headers(self) -> dict[str, str] | None:
+        return None
+
 
 class BadRequest(PdserveError):
     status_code = 400
@@ -19,6 +26,13 @@ class BadRequest(PdserveError):
 
 class InvalidImage(BadRequest):
     code = "invalid_image"
+
+
+class BodyTimeout(PdserveError):
+    """The client did not send its whole body within the limit (a slow or stalled upload)."""
+
+    status_code = 408
+    code = "body_timeout"
 
 
 class UnsupportedMediaType(PdserveError):
@@ -31,9 +45,35 @@ class PayloadTooLarge(PdserveError):
     code = "payload_too_large"
 
 
+class ImageTooLarge(PayloadTooLarge):
+    """An image whose header declares more pixels than allowed (a decompression bomb, or just huge)."""
+
+    code = "image_too_large"
+
+
+class TooManyImages(PayloadTooLarge):
+    code = "too_many_images"
+
+
 class ModelNotFound(PdserveError):
     status_code = 404
     code = "model_not_found"
+
+
+class Overloaded(PdserveError):
+    """Refused at admission, before any work: retry after the time the queue needs to drain."""
+
+    status_code = 429
+    code = "overloaded"
+
+    def __init__(self, message: str, retry_after_s: float = 1.0, reason: str = "overloaded") -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.reason = reason  # which bound refused it, for pdserve_admission_total
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
 
 
 class Unavailable(PdserveError):
@@ -42,21 +82,32 @@ class Unavailable(PdserveError):
     status_code = 503
     code = "unavailable"
 
+    @property
+    def headers(self) -> dict[str, str] | None:
+        return {"Retry-After": "1"}
+
 
 class ModelNotReady(Unavailable):
     code = "model_not_ready"
-
-
-class QueueFull(Unavailable):
-    code = "queue_full"
 
 
 class WorkerDied(Unavailable):
     code = "worker_died"
 
 
+class WorkerHung(Unavailable):
+    code = "worker_hung"
+
+
 class ShuttingDown(Unavailable):
     code = "shutting_down"
+
+
+class ModelUnavailable(PdserveError):
+    """The model failed for good (bad files, or too many failed restarts): retrying will not help."""
+
+    status_code = 503
+    code = "model_unavailable"
 
 
 class RequestTimeout(PdserveError):

@@ -59,6 +59,25 @@ class Metrics:
         self.workers_alive = Gauge(
             "pdserve_workers_alive", "Worker processes loaded and serving.", ["model"], registry=r
         )
+        self.admission = Counter(
+            "pdserve_admission",
+            "Decisions at the door by model and decision: admitted, or the reason for a 429 "
+            "(queue_full, deadline, requests_in_flight, body_bytes_in_flight).",
+            ["model", "decision"],
+            registry=r,
+        )
+        self.expired = Counter(
+            "pdserve_deadline_expired",
+            "Requests whose deadline passed before they ran, by model and stage (decoding, queued).",
+            ["model", "stage"],
+            registry=r,
+        )
+        self.padding = Counter(
+            "pdserve_padding_images",
+            "Zero images added to batches to reach a warmed-up batch size (compute spent on nothing).",
+            ["model"],
+            registry=r,
+        )
         self.worker_restarts = Counter(
             "pdserve_worker_restarts", "Worker processes restarted after dying.", ["model"], registry=r
         )

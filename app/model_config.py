@@ -84,7 +84,27 @@ class ModelConfig(_Section):
     batch_sizes: tuple[PositiveInt, ...] | None = Field(
         None, description="Batches are padded up to one of these; default: powers of two and max_batch_size."
     )
-    max_queue_size: PositiveInt = Field(256, description="Queued requests beyond this are refused with 503.")
+    max_queue_size: PositiveInt = Field(
+        64,
+        description="Images admitted but not yet dispatched (decoding + queued); beyond it 429 overloaded. "
+        "Size it to the wait you accept: about max_queue_size / images per second.",
+    )
+    timeout_ms: PositiveInt | None = Field(
+        None,
+        description="Default deadline of a request; X-Request-Timeout-Ms overrides it. "
+        "Default: the server's PDSERVE_REQUEST_TIMEOUT_S.",
+    )
+    compute_timeout_ms: PositiveInt | None = Field(
+        None,
+        description="A batch running longer marks its worker hung: killed, callers get 503 worker_hung. "
+        "Default: max(5 s, 20x the slowest warm-up batch).",
+    )
+    max_failed_starts: PositiveInt = Field(
+        5, description="Failed worker restarts in a row before an instance is given up (FAILED)."
+    )
+    required: bool = Field(
+        True, description="Whether /readyz needs this model serving (with PDSERVE_STRICT_READINESS)."
+    )
     versions: Literal["latest", "all"] | list[PositiveInt] = Field(
         "latest", description="Which numbered version folders to load."
     )

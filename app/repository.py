@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from app.admission import ModelAdmission
 from app.batching import BatchObserver, BatchPolicy, DynamicBatcher
-from app.errors import ModelConfigError, ModelLoadError, ModelNotFound, ModelNotReady, PdserveError
+from app.errors import ModelConfigError, ModelLoadError, ModelNotFound, ModelNotReady, ModelUnavailable, PdserveError
 from app.metrics import Metrics
 from app.model_config import ModelConfig, load_model_config, version_folders
-from app.runtime.pool import WorkerPool
+from app.runtime.pool import PoolObserver, WorkerPool
 
 log = logging.getLogger(__name__)
 REPOSITORY_FILE = "repository.yaml"
@@ -30,16 +31,19 @@ class ModelState(StrEnum):
     PENDING = "PENDING"
     LOADING = "LOADING"
     READY = "READY"
-    RECOVERING = "RECOVERING"  # loaded, but a worker died and is being restarted
+    DEGRADED = "DEGRADED"  # serving, with some instances restarting or given up
+    RECOVERING = "RECOVERING"  # loaded, but no instance serves now; they are being restarted
     FAILED = "FAILED"
     UNLOADED = "UNLOADED"
 
 
-class _MetricsObserver(BatchObserver):
-    def __init__(self, metrics: Metrics, model: str) -> None:
+class _BatchMetrics(BatchObserver):
+    def __init__(self, metrics: Metrics, model: str, admission: ModelAdmission) -> None:
         self._depth = metrics.queue_depth.labels(model)
         self._size = metrics.batch_size.labels(model)
         self._wait = metrics.queue_wait.labels(model)
+        self._expired = metrics.expired.labels(model, "queued")
+        self._admission = admission
 
     def queued(self, depth: int) -> None:
         self._depth.set(depth)
@@ -48,6 +52,30 @@ class _MetricsObserver(BatchObserver):
         self._size.observe(size)
         for w in waits:
             self._wait.observe(w)
+
+    def completed(self, size: int, seconds: float) -> None:
+        self._admission.rate.observe(size, seconds)
+
+    def expired(self, count: int) -> None:
+        self._expired.inc(count)
+
+
+class _PoolMetrics(PoolObserver):
+    def __init__(self, metrics: Metrics, model: str) -> None:
+        self._alive = metrics.workers_alive.labels(model)
+        self._restarts = metrics.worker_restarts.labels(model)  # a zero, not an absent series, until one
+        self._compute = metrics.compute.labels(model)
+        self._padding = metrics.padding.labels(model)
+
+    def alive(self, count: int) -> None:
+        self._alive.set(count)
+
+    def restarted(self) -> None:
+        self._restarts.inc()
+
+    def computed(self, seconds: float, size: int, padded: int) -> None:
+        self._compute.observe(seconds)
+        self._padding.inc(padded - size)
 
 
 @dataclass
@@ -61,25 +89,33 @@ class ModelVersion:
     error: str | None = None
     pool: WorkerPool | None = field(default=None, repr=False)
     batcher: DynamicBatcher[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    admission: ModelAdmission | None = field(default=None, repr=False)
 
     @property
     def current_state(self) -> ModelState:
-        if self.state is ModelState.READY and self.pool is not None and not self.pool.ready:
+        if self.state is not ModelState.READY or self.pool is None:
+            return self.state
+        if self.pool.failed:
+            return ModelState.FAILED
+        alive = self.pool.alive
+        if alive == 0:
             return ModelState.RECOVERING
-        return self.state
+        return ModelState.DEGRADED if alive < len(self.pool.instances) else ModelState.READY
+
+    @property
+    def serving(self) -> bool:
+        """At least one instance takes batches."""
+        return self.current_state in (ModelState.READY, ModelState.DEGRADED)
+
+    @property
+    def current_error(self) -> str | None:
+        if self.error is not None or self.pool is None:
+            return self.error
+        return "; ".join(f"instance {i.index}: {i.error}" for i in self.pool.instances if i.error) or None
 
     async def load(self, metrics: Metrics, start_timeout_s: float) -> None:
         self.state = ModelState.LOADING
-        metrics.worker_restarts.labels(self.name)  # a zero, not an absent series, until the first restart
-        pool = WorkerPool(
-            self.name,
-            self.path,
-            self.config,
-            start_timeout_s,
-            on_compute=metrics.compute.labels(self.name).observe,
-            on_alive_change=metrics.workers_alive.labels(self.name).set,
-            on_restart=metrics.worker_restarts.labels(self.name).inc,
-        )
+        pool = WorkerPool(self.name, self.path, self.config, start_timeout_s, _PoolMetrics(metrics, self.name))
         try:
             await pool.start()
         except PdserveError as exc:
@@ -89,11 +125,18 @@ class ModelVersion:
         policy = BatchPolicy(
             max_batch_size=self.config.max_batch_size,
             max_delay_s=self.config.max_queue_delay_ms / 1000,
-            max_queue_size=self.config.max_queue_size,
             concurrency=self.config.instances,
         )
         self.pool = pool
-        self.batcher = DynamicBatcher(pool.infer, policy, _MetricsObserver(metrics, self.name))
+        admission_total = metrics.admission
+        self.admission = ModelAdmission(
+            self.name,
+            self.config.max_queue_size,
+            queued=lambda: self.batcher.queue_depth if self.batcher is not None else 0,
+            serving_instances=lambda: pool.alive,
+            count=lambda reason: admission_total.labels(self.name, reason).inc(),
+        )
+        self.batcher = DynamicBatcher(pool.infer, policy, _BatchMetrics(metrics, self.name, self.admission))
         self.batcher.start()
         self.state = ModelState.READY
         log.info("model %s version %d ready (%d instances)", self.name, self.version, self.config.instances)
@@ -122,10 +165,29 @@ class ModelEntry:
         if self.error is not None or not self.versions:
             return ModelState.FAILED
         states = {v.current_state for v in self.versions.values()}
-        for s in (ModelState.FAILED, ModelState.RECOVERING, ModelState.LOADING, ModelState.PENDING):
+        for s in (
+            ModelState.FAILED,
+            ModelState.RECOVERING,
+            ModelState.LOADING,
+            ModelState.PENDING,
+            ModelState.DEGRADED,
+        ):
             if s in states:
                 return s
         return states.pop()
+
+    @property
+    def serving(self) -> bool:
+        return any(v.serving for v in self.versions.values())
+
+    @property
+    def required(self) -> bool:
+        return self.config.required if self.config is not None else True
+
+    @property
+    def reason(self) -> str | None:
+        """Why the model is not fully serving, if it is not."""
+        return self.error or next((e for v in self.versions.values() if (e := v.current_error)), None)
 
     @property
     def latest(self) -> ModelVersion | None:
@@ -247,7 +309,7 @@ class ModelRepository:
         if entry is None:
             raise ModelNotFound(f"no model {name!r}; available: {sorted(self.models)}")
         if entry.error is not None:
-            raise ModelNotReady(f"model {name!r} failed to load: {entry.error}")
+            raise ModelUnavailable(f"model {name!r} failed to load: {entry.error}")
         if version is None:
             chosen = entry.latest
         elif version not in entry.versions:
@@ -257,7 +319,7 @@ class ModelRepository:
         assert chosen is not None
         state = chosen.current_state
         if state is ModelState.FAILED:
-            raise ModelNotReady(f"model {name!r} version {chosen.version} failed to load: {chosen.error}")
-        if state not in (ModelState.READY, ModelState.RECOVERING):
+            raise ModelUnavailable(f"model {name!r} version {chosen.version} failed: {chosen.current_error}")
+        if state not in (ModelState.READY, ModelState.DEGRADED, ModelState.RECOVERING):
             raise ModelNotReady(f"model {name!r} version {chosen.version} is {state.value.lower()}")
         return chosen

@@ -9,11 +9,16 @@ from functools import partial
 
 import numpy as np
 
-from app.errors import InvalidImage, RequestTimeout
+from app.admission import ProcessLimits, seconds_until
+from app.batching import DynamicBatcher
+from app.errors import ImageTooLarge, InvalidImage, RequestTimeout
+from app.lifecycle import Lifecycle
 from app.metrics import Metrics
 from app.preprocess import load_and_preprocess
 from app.repository import ModelRepository, ModelVersion
 from app.settings import Settings
+
+Batcher = DynamicBatcher[np.ndarray, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,8 @@ class InferenceService:
         self.settings = settings
         self.metrics = metrics
         self._decoder = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="pdserve-decode")
+        self.lifecycle = Lifecycle()
+        self.limits = ProcessLimits(settings.max_inflight_requests, settings.max_inflight_body_bytes)
 
     def resolve(self, model: str | None, version: int | None) -> ModelVersion:
         return self.repository.get(model, version)
@@ -59,39 +66,62 @@ class InferenceService:
         tasks = [loop.run_in_executor(self._decoder, fn, data) for data in images]
         results = await asyncio.gather(*tasks, return_exceptions=True)
         for index, result in enumerate(results):
-            if isinstance(result, InvalidImage) and len(images) > 1:
-                raise InvalidImage(f"image {index + 1} of {len(images)}: {result.message}")
+            if isinstance(result, (InvalidImage, ImageTooLarge)) and len(images) > 1:
+                raise type(result)(f"image {index + 1} of {len(images)}: {result.message}")
             if isinstance(result, BaseException):
                 raise result
         return [r for r in results if isinstance(r, np.ndarray)]
 
-    async def predict(self, target: ModelVersion, images: list[bytes], k: int) -> PredictResult:
-        """Decode and validate every image, then batch them with other requests' images.
+    def deadline(self, target: ModelVersion, requested_ms: float | None) -> float:
+        """The request's deadline in ``loop.time()``: asked for, else the model's, else the server's."""
+        if requested_ms is not None:
+            seconds = requested_ms / 1000
+        elif target.config.timeout_ms is not None:
+            seconds = target.config.timeout_ms / 1000
+        else:
+            seconds = self.settings.request_timeout_s
+        return asyncio.get_running_loop().time() + min(seconds, self.settings.max_request_timeout_s)
 
-        Each image is decoded before it joins a batch, so a bad one fails only its own request.
-        The whole request is bounded by ``request_timeout_s``; cancelling it drops its images
-        from the queue.
+    def check_room(self, target: ModelVersion) -> None:
+        """Refuse before reading the body when the model has no room for even one more image."""
+        if target.admission is not None:
+            target.admission.check_room()
+
+    async def predict(self, target: ModelVersion, images: list[bytes], k: int, deadline: float) -> PredictResult:
+        """Admit, decode and validate every image, then batch them with other requests' images.
+
+        Admission comes first, before any decoding. Each image is decoded before it joins a batch,
+        so a bad one fails only its own request. At ``deadline`` (``loop.time()``) the request
+        gets 504, whether decoding or queued, and its images leave the queue unexecuted.
         """
+        admission, batcher = target.admission, target.batcher
+        assert admission is not None
+        assert batcher is not None
+        loop = asyncio.get_running_loop()
+        admission.admit(len(images), seconds_until(deadline, loop.time()))
+        stage = "decoding"
         try:
-            async with asyncio.timeout(self.settings.request_timeout_s):
-                inputs = await self._decode(target, images)
-                outputs = await self._submit_all(target, inputs)
+            async with asyncio.timeout_at(deadline):
+                try:
+                    inputs = await self._decode(target, images)
+                finally:
+                    admission.decoded(len(images))
+                stage = "batching"
+                outputs = await self._submit_all(batcher, inputs, deadline)
         except TimeoutError:
-            raise RequestTimeout(
-                f"no result within {self.settings.request_timeout_s:g}s (PDSERVE_REQUEST_TIMEOUT_S)"
-            ) from None
+            self.metrics.expired.labels(target.name, stage).inc()
+            raise RequestTimeout(f"no result within the request's deadline (it expired while {stage})") from None
         softmax = not target.config.output.softmax_applied
         ranked = [top_k(_softmax(o) if softmax else o, k, target.labels) for o in outputs]
         return PredictResult(target.name, target.version, ranked)
 
     @staticmethod
-    async def _submit_all(target: ModelVersion, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        assert target.batcher is not None
-        tasks = [asyncio.ensure_future(target.batcher.submit(x)) for x in inputs]
+    async def _submit_all(batcher: Batcher, inputs: list[np.ndarray], deadline: float) -> list[np.ndarray]:
+        tasks = [asyncio.ensure_future(batcher.submit(x, deadline)) for x in inputs]
         try:
             return list(await asyncio.gather(*tasks))
         except BaseException:
-            for task in tasks:  # one image failed (e.g. queue full): take its siblings off the queue
+            for task in tasks:  # one image failed, or the deadline passed: take its siblings off the queue
                 task.cancel()
             raise
 

@@ -17,10 +17,31 @@ class Settings(BaseSettings):
     default_model: str | None = Field(None, description="Model used when a request names none.")
     max_body_bytes: int = Field(16 << 20, gt=0, description="Larger request bodies get 413.")
     max_image_pixels: int = Field(40_000_000, gt=0, description="Larger images get 400 before decoding.")
-    request_timeout_s: float = Field(30.0, gt=0, description="A request not answered by then gets 504.")
+    request_timeout_s: float = Field(
+        30.0, gt=0, description="Default deadline of a request whose model sets no timeout_ms; then 504."
+    )
+    max_request_timeout_s: float = Field(
+        300.0, gt=0, description="Upper bound for X-Request-Timeout-Ms and timeout_ms."
+    )
+    body_timeout_s: float = Field(30.0, gt=0, description="Time a client has to send its whole body; then 408.")
+    max_inflight_requests: int = Field(
+        512, gt=0, description="Requests handled at once by the process; beyond it 429 at once."
+    )
+    max_inflight_body_bytes: int = Field(
+        256 << 20, gt=0, description="Bytes of request bodies being read at once; beyond it 429 at once."
+    )
+    max_images_per_request: int = Field(64, gt=0, description="More images in one request get 413.")
     decode_threads: int = Field(2, gt=0, description="Threads that decode and preprocess images.")
     worker_start_timeout_s: float = Field(300.0, gt=0, description="Time a worker may take to load and warm up.")
-    graceful_shutdown_s: float = Field(30.0, gt=0, description="On SIGTERM, time to finish in-flight requests.")
+    drain_delay_s: float = Field(
+        5.0, ge=0, description="On SIGTERM, /readyz turns 503 at once; requests are still taken for this long."
+    )
+    graceful_shutdown_s: float = Field(
+        20.0, gt=0, description="After the drain delay, time to answer accepted requests before they are cut."
+    )
+    strict_readiness: bool = Field(
+        True, description="/readyz needs every required model serving; false: any one model serving."
+    )
     log_level: str = "info"
     device: str | None = Field(None, description="Overrides every model's device, e.g. gpu:0 in the GPU image.")
     trt_cache_dir: Path | None = Field(

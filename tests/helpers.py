@@ -94,6 +94,7 @@ class ServerThread:
     """A real uvicorn server on 127.0.0.1 in a thread of the test process."""
 
     def __init__(self, app: Any) -> None:
+        self.app = app
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")

@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import PdserveError
 
@@ -28,8 +29,7 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
 
 async def _pdserve_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, PdserveError)
-    headers = {"Retry-After": "1"} if exc.status_code == 503 else None
-    return error_response(exc.status_code, exc.code, exc.message, headers)
+    return error_response(exc.status_code, exc.code, exc.message, exc.headers)
 
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
@@ -44,9 +44,36 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "validation_error", "; ".join(parts))
 
 
-async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error", exc_info=exc)
-    return error_response(500, "internal_error", "internal server error")
+class CatchAll:
+    """Turn an unexpected exception into a 500 in the error shape, and keep the connection.
+
+    Starlette's own last-resort handler re-raises after answering, and uvicorn then closes the
+    keep-alive connection under the client's next request; this middleware sits inside it and
+    does not re-raise.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"), exc_info=exc)
+            if started:
+                raise  # half a response is out; only closing the connection can tell the client
+            await error_response(500, "internal_error", "internal server error")(scope, receive, send)
 
 
 def register_error_handlers(app: FastAPI) -> None:
@@ -54,4 +81,4 @@ def register_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(PdserveError, _pdserve_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(Exception, _unexpected)
+    app.add_middleware(CatchAll)

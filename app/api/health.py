@@ -9,6 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from app.api.deps import MetricsDep, Service
 from app.api.schemas import Health, Readiness
 from app.repository import ModelState
+from app.service import InferenceService
 
 router = APIRouter(tags=["health"])
 
@@ -18,21 +19,39 @@ async def healthz() -> Health:
     return Health()
 
 
+def readiness(service: InferenceService) -> Readiness:
+    """Ready when the server is not draining and every required model has an instance serving
+    (``strict_readiness``), or any model serves (not strict). Models that are down but not needed
+    for readiness, or degraded, are reported in ``degraded`` and do not turn the pod unready."""
+    strict = service.settings.strict_readiness
+    models: dict[str, str] = {}
+    reasons: list[str] = []
+    degraded: list[str] = []
+    entries = service.repository.models
+    for name, entry in entries.items():
+        state = entry.state
+        models[name] = state.value
+        if state is ModelState.READY:
+            continue
+        detail = entry.reason
+        line = f"model {name!r} is {state.value}" + (f": {detail}" if detail else "")
+        blocking = strict and entry.required and not entry.serving
+        (reasons if blocking else degraded).append(line)
+    if not strict and not any(e.serving for e in entries.values()):
+        reasons.append("no model is serving")
+    if not service.lifecycle.ready:
+        reasons.insert(0, "server is shutting down")
+    return Readiness(ready=not reasons, models=models, reasons=reasons, degraded=degraded)
+
+
 @router.get(
     "/readyz",
     response_model=Readiness,
-    responses={503: {"model": Readiness, "description": "Some model is not loaded and warmed"}},
-    summary="200 only when every configured model is loaded and warmed",
+    responses={503: {"model": Readiness, "description": "Draining, or a required model is not serving"}},
+    summary="200 when every required model has an instance serving and the server is not draining",
 )
 async def readyz(service: Service) -> JSONResponse:
-    models, reasons = {}, []
-    for name, entry in service.repository.models.items():
-        state = entry.state
-        models[name] = state.value
-        if state is not ModelState.READY:
-            detail = entry.error or next((v.error for v in entry.versions.values() if v.error), None)
-            reasons.append(f"model {name!r} is {state.value}" + (f": {detail}" if detail else ""))
-    body = Readiness(ready=not reasons, models=models, reasons=reasons)
+    body = readiness(service)
     return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
 
 

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
+from fastapi.responses import JSONResponse
 
 from app.api.deps import Service
-from app.api.schemas import ErrorResponse, InputInfo, InstanceInfo, ModelInfo, ModelList, VersionInfo
+from app.api.schemas import (
+    ErrorResponse,
+    InputInfo,
+    InstanceInfo,
+    ModelInfo,
+    ModelList,
+    ModelReadiness,
+    VersionInfo,
+)
 from app.errors import ModelNotFound
 from app.repository import ModelEntry
 
@@ -17,7 +26,7 @@ def model_info(entry: ModelEntry) -> ModelInfo:
         VersionInfo(
             version=v.version,
             state=v.current_state.value,
-            error=v.error,
+            error=v.current_error,
             instances=[InstanceInfo(**i) for i in (v.pool.describe() if v.pool else [])],
         )
         for v in sorted(entry.versions.values(), key=lambda v: v.version)
@@ -37,6 +46,9 @@ def model_info(entry: ModelEntry) -> ModelInfo:
             "max_queue_delay_ms": c.max_queue_delay_ms,
             "batch_sizes": list(c.padded_batch_sizes),
             "max_queue_size": c.max_queue_size,
+            "timeout_ms": c.timeout_ms,
+            "compute_timeout_ms": c.compute_timeout_ms,
+            "required": c.required,
             "input": InputInfo(name=c.input.name, shape=list(c.input.shape), dtype=c.input.dtype),
             "random_weights": c.random_weights,
         }
@@ -59,3 +71,20 @@ async def get_model(name: str, service: Service) -> ModelInfo:
     if entry is None:
         raise ModelNotFound(f"no model {name!r}; available: {sorted(service.repository.models)}")
     return model_info(entry)
+
+
+@router.get(
+    "/models/{name}/ready",
+    response_model=ModelReadiness,
+    responses={
+        404: {"model": ErrorResponse, "description": "Unknown model"},
+        503: {"model": ModelReadiness, "description": "No instance of the model serves"},
+    },
+    summary="200 when at least one instance of the model serves",
+)
+async def model_ready(name: str, service: Service) -> JSONResponse:
+    entry = service.repository.models.get(name)
+    if entry is None:
+        raise ModelNotFound(f"no model {name!r}; available: {sorted(service.repository.models)}")
+    body = ModelReadiness(name=name, ready=entry.serving, state=entry.state.value, reason=entry.reason)
+    return JSONResponse(body.model_dump(), status_code=200 if entry.serving else 503)

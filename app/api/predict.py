@@ -6,12 +6,12 @@ import asyncio
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Header, Path, Query, Request
 
 from app.api.deps import Service
-from app.api.inputs import read_images, wait_for_disconnect
+from app.api.inputs import BodyLimits, check_media_type, read_images, wait_for_disconnect
 from app.api.schemas import BatchPredictResponse, ErrorResponse, ImageResult, PredictionOut, PredictResponse
-from app.errors import ClientDisconnected, PdserveError
+from app.errors import ClientDisconnected, Overloaded, PdserveError
 from app.service import InferenceService, PredictResult
 
 router = APIRouter(tags=["inference"])
@@ -19,6 +19,16 @@ router = APIRouter(tags=["inference"])
 ModelQuery = Annotated[str | None, Query(description="Model name; optional when one model or a default is set.")]
 VersionQuery = Annotated[int | None, Query(ge=1, description="Model version; default: the newest loaded.")]
 TopK = Annotated[int, Query(ge=1, le=1000, description="How many classes to return, best first.")]
+TimeoutHeader = Annotated[
+    int | None,
+    Header(
+        alias="X-Request-Timeout-Ms",
+        ge=1,
+        description="Deadline of this request in milliseconds (clamped to PDSERVE_MAX_REQUEST_TIMEOUT_S); "
+        "default: the model's timeout_ms. Past it: 504, and the request's images are never run.",
+    ),
+]
+PROCESS_REASONS = ("requests_in_flight", "body_bytes_in_flight")
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
@@ -68,18 +78,30 @@ def _response(result: PredictResult, many: bool) -> PredictResponse | BatchPredi
 
 
 async def _predict(
-    request: Request, service: InferenceService, model: str | None, version: int | None, top_k: int
+    request: Request,
+    service: InferenceService,
+    model: str | None,
+    version: int | None,
+    top_k: int,
+    timeout_ms: int | None,
 ) -> PredictResponse | BatchPredictResponse:
-    metrics = service.metrics
+    metrics, settings = service.metrics, service.settings
     started = time.perf_counter()
-    label, status, reason = "", 200, None
+    label, status, reason, entered = "", 200, None, False
     try:
+        service.lifecycle.check_accepting()
         target = service.resolve(model, version)
         label = target.name
+        deadline = service.deadline(target, timeout_ms)
+        service.limits.enter()
+        entered = True
         metrics.inflight.labels(label).inc()
         try:
-            images, many = await read_images(request, service.settings.max_body_bytes)
-            work = asyncio.ensure_future(service.predict(target, images, top_k))
+            check_media_type(request)
+            service.check_room(target)  # a full model refuses before the body is read
+            limits = BodyLimits(settings.max_body_bytes, settings.body_timeout_s, settings.max_images_per_request)
+            images, many = await read_images(request, limits, service.limits)
+            work = asyncio.ensure_future(service.predict(target, images, top_k, deadline))
             gone = asyncio.ensure_future(wait_for_disconnect(request))
             try:
                 await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -95,11 +117,15 @@ async def _predict(
             metrics.inflight.labels(label).dec()
     except PdserveError as exc:
         status, reason = exc.status_code, exc.code
+        if isinstance(exc, Overloaded) and exc.reason in PROCESS_REASONS:
+            metrics.admission.labels(label, exc.reason).inc()
         raise
     except Exception:
         status, reason = 500, "internal_error"
         raise
     finally:
+        if entered:
+            service.limits.leave()
         metrics.request_latency.labels(label, str(status)).observe(time.perf_counter() - started)
         metrics.requests.labels(label, str(status)).inc()
         if reason is not None:
@@ -114,11 +140,16 @@ async def _predict(
     summary="Classify one or several images",
 )
 async def predict(
-    request: Request, service: Service, model: ModelQuery = None, version: VersionQuery = None, top_k: TopK = 5
+    request: Request,
+    service: Service,
+    model: ModelQuery = None,
+    version: VersionQuery = None,
+    top_k: TopK = 5,
+    timeout_ms: TimeoutHeader = None,
 ) -> PredictResponse | BatchPredictResponse:
     """Post an image as multipart ``file`` (repeat it for several), as the raw body, or as
     ``{"image": "<base64>"}``; get the ``top_k`` classes, best first."""
-    return await _predict(request, service, model, version, top_k)
+    return await _predict(request, service, model, version, top_k, timeout_ms)
 
 
 @router.post(
@@ -134,6 +165,7 @@ async def predict_model(
     name: Annotated[str, Path(description="Model name")],
     version: VersionQuery = None,
     top_k: TopK = 5,
+    timeout_ms: TimeoutHeader = None,
 ) -> PredictResponse | BatchPredictResponse:
     """Same as ``POST /predict?model=<name>``."""
-    return await _predict(request, service, name, version, top_k)
+    return await _predict(request, service, name, version, top_k, timeout_ms)

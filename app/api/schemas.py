@@ -71,6 +71,9 @@ class ModelInfo(BaseModel):
     max_queue_delay_ms: float | None = None
     batch_sizes: list[int] | None = None
     max_queue_size: int | None = None
+    timeout_ms: int | None = None
+    compute_timeout_ms: int | None = None
+    required: bool | None = None
     input: InputInfo | None = None
     random_weights: bool | None = None
 
@@ -87,3 +90,15 @@ class Readiness(BaseModel):
     ready: bool
     models: dict[str, str] = Field(description="State of every configured model.")
     reasons: list[str] = Field(default=[], description="Why the server is not ready, if it is not.")
+    degraded: list[str] = Field(
+        default=[],
+        description="Models not fully serving that do not make the server unready (not required, "
+        "or with some instances still serving).",
+    )
+
+
+class ModelReadiness(BaseModel):
+    name: str
+    ready: bool = Field(description="At least one instance of the model serves.")
+    state: str
+    reason: str | None = None

@@ -5,7 +5,7 @@ meanwhile), so every predictor lives in its own process and the HTTP process nev
 Only small tuples cross the pipe; images and outputs go through shared memory the parent owns.
 
 Protocol, parent -> worker: ``("output", shm_name)``, ``("run", batch_id, n)``, ``("stop",)``.
-Worker -> parent: ``("ready", out_shape, pid)``, ``("load_failed", message)``,
+Worker -> parent: ``("ready", out_shape, pid, slowest_warmup_s)``, ``("load_failed", message)``,
 ``("done", batch_id, compute_s)``, ``("failed", batch_id, message)``.
 """
 
@@ -27,6 +27,7 @@ import numpy as np
 from app.errors import PdserveError
 from app.model_config import ModelConfig
 from app.runtime.predictor_config import LoadedPredictor
+from app.runtime.transport import array_on, attach
 
 
 @dataclass(frozen=True)
@@ -47,11 +48,6 @@ class WorkerSpec:
         return self.config.padded_batch_sizes
 
 
-def _attach(name: str) -> SharedMemory:
-    # The parent created and will unlink the segment; spawn shares its resource tracker with us.
-    return SharedMemory(name=name)
-
-
 def _ignore_group_signals() -> None:
     # The parent drains, then stops us with a message; a Ctrl-C or SIGTERM sent to the whole process
     # group must not kill in-flight work. Set after importing paddle, whose import installs handlers.
@@ -65,11 +61,16 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
     try:
         runner = LoadedPredictor(spec.config, spec.version_dir, spec.model)
         _ignore_group_signals()
-        in_shm = _attach(spec.input_shm)
-        inputs = np.ndarray((max(spec.batch_sizes), *spec.input_shape), np.float32, buffer=in_shm.buf)
+        in_shm = attach(spec.input_shm)
+        inputs = array_on(in_shm, (max(spec.batch_sizes), *spec.input_shape))
         out_shape: tuple[int, ...] = ()
+        slowest = 0.0
         for size in spec.batch_sizes:  # warm every padded size now, not on the first request
-            out = runner.run(np.zeros((size, *spec.input_shape), np.float32))
+            zeros = np.zeros((size, *spec.input_shape), np.float32)
+            runner.run(zeros)  # the first run of a shape builds oneDNN primitives; time the second
+            start = time.perf_counter()
+            out = runner.run(zeros)
+            slowest = max(slowest, time.perf_counter() - start)
             if out.shape[0] != size:
                 raise ValueError(f"output batch dimension {out.shape[0]} != input batch {size}")
             out_shape = tuple(out.shape[1:])
@@ -78,7 +79,7 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
         conn.send(("load_failed", message))
         conn.close()
         return
-    conn.send(("ready", out_shape, os.getpid()))
+    conn.send(("ready", out_shape, os.getpid(), slowest))
     out_shm: SharedMemory | None = None
     outputs: np.ndarray | None = None
     while True:
@@ -90,8 +91,8 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
         if kind == "stop":
             break
         if kind == "output":
-            out_shm = _attach(msg[1])
-            outputs = np.ndarray((max(spec.batch_sizes), *out_shape), np.float32, buffer=out_shm.buf)
+            out_shm = attach(msg[1])
+            outputs = array_on(out_shm, (max(spec.batch_sizes), *out_shape))
             continue
         _, batch_id, n = msg
         try:

@@ -186,7 +186,7 @@ def test_health_and_readiness(client: httpx.Client) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"ready": True, "models": dict.fromkeys(SHIPPED, "READY"), "reasons": []}
+    assert ready.json() == {"ready": True, "models": dict.fromkeys(SHIPPED, "READY"), "reasons": [], "degraded": []}
 
 
 def test_metrics_record_requests_by_model_and_status(client: httpx.Client, photos: list[tuple[Path, int]]) -> None:

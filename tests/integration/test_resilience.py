@@ -191,7 +191,8 @@ def test_broken_models_fail_alone_with_reasons(tmp_path: Path, images: list[byte
         assert good.status_code == 200
         bad = httpx.post(f"{url}/predict?model=gpu_model", content=images[0], headers=JPEG)
         assert bad.status_code == 503
-        assert bad.json()["error"]["code"] == "model_not_ready"
+        assert bad.json()["error"]["code"] == "model_unavailable"  # failed for good: retrying will not help
+        assert "Retry-After" not in bad.headers
         assert "gpu:0" in bad.json()["error"]["message"]
         assert httpx.post(f"{url}/predict", content=images[0], headers=JPEG).status_code == 404  # must name one
 

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 import pytest
 
 from app.batching import BatchObserver, BatchPolicy, DynamicBatcher
-from app.errors import InferenceFailed, QueueFull, ShuttingDown
+from app.errors import InferenceFailed, RequestTimeout, ShuttingDown
 
 HUGE = 3600.0
 pytestmark = pytest.mark.timeout(10)
@@ -42,10 +42,8 @@ async def until(condition: Callable[[], bool]) -> None:
     raise AssertionError("condition never held")
 
 
-def batcher(
-    fn: Recorder, size: int, delay: float = HUGE, queue: int = 100, concurrency: int = 1
-) -> DynamicBatcher[int, int]:
-    b: DynamicBatcher[int, int] = DynamicBatcher(fn, BatchPolicy(size, delay, queue, concurrency))
+def batcher(fn: Recorder, size: int, delay: float = HUGE, concurrency: int = 1) -> DynamicBatcher[int, int]:
+    b: DynamicBatcher[int, int] = DynamicBatcher(fn, BatchPolicy(size, delay, concurrency))
     b.start()
     return b
 
@@ -122,26 +120,65 @@ async def test_wrong_number_of_outputs_fails_every_caller_loudly() -> None:
     async def short(items: list[int]) -> list[int]:
         return items[:-1]
 
-    b: DynamicBatcher[int, int] = DynamicBatcher(short, BatchPolicy(2, HUGE, 10))
+    b: DynamicBatcher[int, int] = DynamicBatcher(short, BatchPolicy(2, HUGE))
     b.start()
     results = await asyncio.gather(b.submit(1), b.submit(2), return_exceptions=True)
     assert all(isinstance(r, InferenceFailed) and "returned 1 outputs" in str(r) for r in results)
     await b.close()
 
 
-async def test_full_queue_refuses_at_once() -> None:
+async def test_queue_depth_counts_only_live_undispatched_inputs() -> None:
     fn = Recorder()
     fn.gate.clear()
-    b = batcher(fn, size=1, queue=2)
+    b = batcher(fn, size=1)
     running = asyncio.ensure_future(b.submit(0))
     await fn.started.wait()  # batch [0] holds the only slot
-    # 1 waits in the next batch (for the slot), 2 in the queue: two undispatched inputs.
-    waiting = [asyncio.ensure_future(b.submit(i)) for i in (1, 2)]
+    waiting = [asyncio.ensure_future(b.submit(i)) for i in (1, 2, 3)]
+    await until(lambda: b.queue_depth == 3)
+    waiting[2].cancel()  # a caller that leaves stops counting at once, before the batcher sees it
     await until(lambda: b.queue_depth == 2)
-    with pytest.raises(QueueFull):
-        await b.submit(3)
     fn.gate.set()
-    assert await asyncio.gather(running, *waiting) == [0, 10, 20]
+    assert await asyncio.gather(running, *waiting[:2]) == [0, 10, 20]
+    assert b.queue_depth == 0
+    await b.close()
+
+
+async def test_expired_inputs_are_never_run_and_their_batch_mates_are_unaffected() -> None:
+    fn = Recorder()
+    fn.gate.clear()
+    b = batcher(fn, size=2)
+    loop = asyncio.get_running_loop()
+    running = asyncio.gather(b.submit(0), b.submit(9))
+    await fn.started.wait()  # the only slot is busy: what comes next waits in the queue
+    expired = asyncio.ensure_future(b.submit(1, deadline=loop.time() - 1))
+    alive = [asyncio.ensure_future(b.submit(i, deadline=loop.time() + HUGE)) for i in (2, 3)]
+    await asyncio.sleep(0)
+    fn.gate.set()
+    assert await running == [0, 90]
+    assert await asyncio.gather(*alive) == [20, 30]
+    with pytest.raises(RequestTimeout):
+        await expired
+    assert fn.batches == [[0, 9], [2, 3]]
+    await b.close()
+
+
+async def test_the_batching_loop_survives_an_error_of_its_own() -> None:
+    fn = Recorder()
+    b = batcher(fn, size=1)
+    original = b._take_ready
+    calls = 0
+
+    def broken_once(batch: list[object]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("bug in batch formation")
+        original(batch)  # type: ignore[arg-type]
+
+    b._take_ready = broken_once  # type: ignore[method-assign,assignment]
+    with pytest.raises(InferenceFailed, match="bug in batch formation"):
+        await b.submit(1)
+    assert await b.submit(2) == 20  # the loop is still running
     await b.close()
 
 
@@ -193,7 +230,7 @@ async def test_observer_sees_sizes_and_waits() -> None:
             seen.append((size, len(waits)))
 
     fn = Recorder()
-    b: DynamicBatcher[int, int] = DynamicBatcher(fn, BatchPolicy(2, HUGE, 10), Obs())
+    b: DynamicBatcher[int, int] = DynamicBatcher(fn, BatchPolicy(2, HUGE), Obs())
     b.start()
     await asyncio.gather(*(b.submit(i) for i in range(4)))
     assert seen == [(2, 2), (2, 2)]

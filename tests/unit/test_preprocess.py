@@ -1,13 +1,15 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
-from app.errors import InvalidImage
+from app.errors import ImageTooLarge, InvalidImage
 from app.model_config import Preprocessing
 from app.preprocess import decode_image, load_and_preprocess, preprocess
 
@@ -66,7 +68,7 @@ def test_truncated_jpeg_is_refused() -> None:
 
 def test_oversized_image_is_refused_before_decoding() -> None:
     data = encode(np.zeros((100, 100, 3), np.uint8), ".png")
-    with pytest.raises(InvalidImage, match="100x100, more than 9999 pixels"):
+    with pytest.raises(ImageTooLarge, match="100x100, more than 9999 pixels"):
         decode_image(data, max_pixels=9_999)
 
 
@@ -92,3 +94,109 @@ def test_channels_are_normalised_separately() -> None:
 def test_small_images_are_upscaled_to_the_crop() -> None:
     out = load_and_preprocess(encode(np.zeros((10, 7, 3), np.uint8), ".png"), SPEC, max_pixels=10_000)
     assert out.shape == (3, 224, 224)
+
+
+# ---- hostile and unusual images ---------------------------------------------------------------
+
+
+def _pillow(image: Image.Image, fmt: str, **options: object) -> bytes:
+    out = io.BytesIO()
+    image.save(out, fmt, **options)
+    return out.getvalue()
+
+
+def bomb(fmt: str, side: int = 40_000) -> bytes:
+    """A small, well-formed file whose header declares ``side`` x ``side`` pixels."""
+    small = Image.new("RGB", (16, 16), (10, 20, 30))
+    if fmt == "PNG":
+        data = bytearray(_pillow(small, "PNG"))
+        data[16:24] = struct.pack(">II", side, side)  # IHDR width, height
+        data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))  # IHDR's CRC stays valid
+        return bytes(data)
+    if fmt == "JPEG":
+        data = bytearray(_pillow(small, "JPEG"))
+        sof = data.index(b"\xff\xc0")
+        data[sof + 5 : sof + 9] = struct.pack(">HH", side, side)  # SOF0 height, width
+        return bytes(data)
+    if fmt == "BMP":
+        data = bytearray(_pillow(small, "BMP"))
+        data[18:26] = struct.pack("<ii", side, side)  # BITMAPINFOHEADER width, height
+        return bytes(data)
+    if fmt == "WEBP":  # lossless VP8L: 14-bit width-1 and height-1 after the 0x2f signature
+        data = bytearray(_pillow(small, "WEBP", lossless=True))
+        side = min(side, 1 << 14)
+        bits = int.from_bytes(data[21:25], "little") & ~((1 << 28) - 1)
+        data[21:25] = (bits | (side - 1) | (side - 1) << 14).to_bytes(4, "little")
+        return bytes(data)
+    raise AssertionError(fmt)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "BMP", "WEBP"])
+def test_decompression_bombs_are_refused_from_the_header(fmt: str) -> None:
+    data = bomb(fmt)
+    assert len(data) < 2000
+    with pytest.raises(ImageTooLarge):
+        decode_image(data, max_pixels=40_000_000)
+
+
+def test_a_bomb_past_pillows_own_bound_is_still_image_too_large() -> None:
+    # 40000 x 40000 is past Pillow's DecompressionBombError threshold, whatever our bound says.
+    with pytest.raises(ImageTooLarge):
+        decode_image(bomb("PNG"), max_pixels=10**12)
+
+
+def _rgb(h: int = 30, w: int = 40) -> Image.Image:
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+UNUSUAL = {
+    "grayscale": lambda: _pillow(_rgb().convert("L"), "PNG"),
+    "16-bit": lambda: _pillow(Image.fromarray(np.full((30, 40), 40000, np.uint16)), "PNG"),
+    "alpha": lambda: _pillow(_rgb().convert("RGBA"), "PNG"),
+    "gray+alpha": lambda: _pillow(_rgb().convert("LA"), "PNG"),
+    "palette": lambda: _pillow(_rgb().convert("P"), "PNG"),
+    "1-bit": lambda: _pillow(_rgb().convert("1"), "BMP"),
+    "cmyk-jpeg": lambda: _pillow(_rgb().convert("CMYK"), "JPEG"),
+    "grayscale-jpeg": lambda: _pillow(_rgb().convert("L"), "JPEG"),
+    "webp-alpha": lambda: _pillow(_rgb().convert("RGBA"), "WEBP"),
+    "1x1": lambda: _pillow(_rgb(1, 1), "PNG"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(UNUSUAL))
+def test_unusual_but_valid_images_are_classified_not_rejected(kind: str) -> None:
+    out = load_and_preprocess(UNUSUAL[kind](), SPEC, max_pixels=10_000)
+    assert out.shape == (3, 224, 224)
+    assert out.dtype == np.float32
+    assert np.isfinite(out).all()
+
+
+@pytest.mark.parametrize(("h", "w"), [(1, 20_000), (20_000, 1), (3, 9_000)])
+def test_extremely_long_images_are_trimmed_before_resizing(h: int, w: int) -> None:
+    # Resized whole, 1 x 20000 would be 256 x 5,120,000 pixels (about 4 GB) before the crop.
+    rgb = np.full((h, w, 3), 77, np.uint8)
+    out = preprocess(rgb, SPEC)
+    assert out.shape == (3, 224, 224)
+    assert np.allclose(out, (77 - 127) / 128)
+
+
+def test_ordinary_aspect_ratios_are_not_trimmed() -> None:
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 255, (300, 1000, 3), dtype=np.uint8)  # 3.3:1, under the bound
+    resized = cv2.resize(rgb, (853, 256), interpolation=cv2.INTER_LINEAR)
+    top, left = (256 - 224) // 2, (853 - 224) // 2
+    expected = (resized[top : top + 224, left : left + 224].astype(np.float32) - 127) / 128
+    assert np.allclose(preprocess(rgb, SPEC), expected.transpose(2, 0, 1))
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_truncated_files_are_invalid(fmt: str) -> None:
+    data = _pillow(_rgb(64, 64), fmt)
+    with pytest.raises(InvalidImage):
+        decode_image(data[: len(data) // 2], max_pixels=10_000)
+
+
+def test_camera_mpo_jpegs_are_accepted() -> None:
+    data = _pillow(_rgb(), "MPO")
+    assert decode_image(data, max_pixels=10_000).shape == (30, 40, 3)

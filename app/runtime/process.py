@@ -1,0 +1,210 @@
+"""One worker process as the event loop sees it: spawn, wait for ready, run batches, stop or kill.
+
+Event-driven: the worker's pipe and process sentinel are registered with the event loop, so no
+thread blocks on ``recv`` and nothing polls. What to do when a worker dies or hangs is not decided
+here; ``supervisor.py`` decides that. ``WorkerHandle`` is the interface the supervisor needs, so its
+tests can drive a fake worker that crashes, hangs or refuses to start on cue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import multiprocessing as mp
+import signal
+from collections.abc import Sequence
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from app.errors import InferenceFailed, ModelLoadError, PdserveError
+from app.model_config import ModelConfig
+from app.runtime.transport import BatchBuffers
+from app.runtime.worker import WorkerSpec, worker_main
+
+log = logging.getLogger(__name__)
+_CTX = mp.get_context("spawn")  # fork after threads (uvicorn, OpenCV) is unsafe; spawn is clean
+STOP_TIMEOUT_S = 10.0
+
+
+def describe_exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with code {code}"
+
+
+class WorkerExited(PdserveError):
+    """The worker process is gone; ``exit_code`` says how."""
+
+    def __init__(self, message: str, exit_code: int | None) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class WorkerHandle(Protocol):
+    """What the supervisor needs of one worker; ``ProcessWorker`` is the real one."""
+
+    @property
+    def pid(self) -> int | None: ...
+
+    @property
+    def exited(self) -> asyncio.Future[int | None]:
+        """Resolves with the exit code once the process is gone (and reaped)."""
+        ...
+
+    async def ready(self) -> float:
+        """Wait until loaded and warmed up; return the slowest warm-up batch in seconds.
+
+        Raises ``ModelLoadError`` (the model cannot load) or ``WorkerExited``."""
+        ...
+
+    async def run(self, batch: Sequence[np.ndarray], size: int) -> tuple[list[np.ndarray], float]:
+        """Run ``batch`` padded to ``size``; return per-image outputs and the compute seconds.
+
+        Raises ``InferenceFailed`` (the predictor raised) or ``WorkerExited``."""
+        ...
+
+    def kill(self) -> None: ...
+
+    async def stop(self, timeout_s: float) -> None:
+        """Ask the worker to finish and exit; kill it after ``timeout_s``; free its resources."""
+        ...
+
+
+class ProcessWorker:
+    """A spawned ``worker_main`` process with its shared-memory buffers."""
+
+    def __init__(self, model: str, version_dir: Path, config: ModelConfig, index: int) -> None:
+        self._model = model
+        self._loop = asyncio.get_running_loop()
+        batch_sizes = config.padded_batch_sizes
+        self._buffers = BatchBuffers(max(batch_sizes), tuple(config.input.shape))
+        try:
+            parent_conn, child_conn = _CTX.Pipe()
+            spec = WorkerSpec(model, version_dir, config, self._buffers.input_shm.name)
+            self._process: BaseProcess = _CTX.Process(
+                target=worker_main, args=(spec, child_conn), name=f"pdserve-{model}-{index}", daemon=True
+            )
+            self._process.start()
+        except BaseException:
+            self._buffers.close()
+            raise
+        child_conn.close()
+        self._conn: Connection | None = parent_conn
+        self._pid: int | None = self._process.pid
+        self._ready: asyncio.Future[float] = self._loop.create_future()
+        self._exited: asyncio.Future[int | None] = self._loop.create_future()
+        self._pending: tuple[int, asyncio.Future[float]] | None = None
+        self._batch_ids = itertools.count()
+        self._loop.add_reader(parent_conn.fileno(), self._on_message)
+        self._loop.add_reader(self._process.sentinel, self._on_exit)
+
+    @property
+    def pid(self) -> int | None:
+        return self._pid
+
+    @property
+    def exited(self) -> asyncio.Future[int | None]:
+        return self._exited
+
+    async def ready(self) -> float:
+        return await asyncio.shield(self._ready)
+
+    async def run(self, batch: Sequence[np.ndarray], size: int) -> tuple[list[np.ndarray], float]:
+        if self._exited.done() or self._conn is None:
+            raise WorkerExited(
+                f"worker pid {self._pid} is gone", self._exited.result() if self._exited.done() else None
+            )
+        assert self._pending is None, "one batch at a time"
+        self._buffers.write(batch, size)
+        batch_id = next(self._batch_ids)
+        future: asyncio.Future[float] = self._loop.create_future()
+        self._pending = (batch_id, future)
+        try:
+            with contextlib.suppress(OSError):  # a dead worker: the sentinel callback fails the future
+                self._conn.send(("run", batch_id, size))
+            compute = await future
+        finally:
+            self._pending = None
+        return self._buffers.read(len(batch)), compute
+
+    def kill(self) -> None:
+        if not self._exited.done():
+            with contextlib.suppress(OSError):
+                self._process.kill()  # SIGKILL also ends a stopped (SIGSTOP) process
+
+    async def stop(self, timeout_s: float) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(OSError):
+                self._conn.send(("stop",))
+        try:
+            await asyncio.wait_for(asyncio.shield(self._exited), timeout_s)
+        except TimeoutError:
+            self.kill()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._exited), STOP_TIMEOUT_S)
+        self._buffers.close()
+
+    # ---- event-loop callbacks ---------------------------------------------------------------
+    def _on_message(self) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        try:
+            while conn.poll():
+                self._handle(conn.recv())
+        except (EOFError, OSError):
+            # The worker is gone; the sentinel callback does the accounting.
+            self._loop.remove_reader(conn.fileno())
+        except Exception as exc:  # a message we cannot use: treat the worker as broken
+            log.exception("model %s: bad message from worker pid %s", self._model, self._pid)
+            if not self._ready.done():
+                self._ready.set_exception(ModelLoadError(f"model {self._model!r}: {exc}"))
+            self.kill()
+
+    def _handle(self, msg: tuple[Any, ...]) -> None:
+        kind = msg[0]
+        if kind == "ready":
+            _, out_shape, pid, slowest = msg
+            self._pid = pid
+            assert self._conn is not None
+            self._conn.send(("output", self._buffers.attach_output(tuple(out_shape))))
+            if not self._ready.done():
+                self._ready.set_result(float(slowest))
+        elif kind == "load_failed":
+            if not self._ready.done():
+                self._ready.set_exception(ModelLoadError(msg[1]))
+        elif kind in ("done", "failed") and self._pending is not None and self._pending[0] == msg[1]:
+            future = self._pending[1]
+            if future.done():
+                return
+            if kind == "done":
+                future.set_result(msg[2])
+            else:
+                future.set_exception(InferenceFailed(f"model {self._model!r}: {msg[2]}"))
+
+    def _on_exit(self) -> None:
+        self._loop.remove_reader(self._process.sentinel)
+        if self._conn is not None:
+            self._loop.remove_reader(self._conn.fileno())
+            self._conn.close()
+            self._conn = None
+        # The sentinel can close a moment before the kernel lets us reap the child: wait off-loop.
+        self._reaper = self._loop.create_task(self._reap())
+
+    async def _reap(self) -> None:
+        await asyncio.to_thread(self._process.join, STOP_TIMEOUT_S)
+        code = self._process.exitcode
+        gone = WorkerExited(f"worker pid {self._pid} {describe_exit(code)}", code)
+        if not self._ready.done():
+            self._ready.set_exception(gone)
+        if self._pending is not None and not self._pending[1].done():
+            self._pending[1].set_exception(gone)
+        if not self._exited.done():
+            self._exited.set_result(code)

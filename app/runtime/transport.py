@@ -1,0 +1,68 @@
+"""Batches and outputs between the HTTP process and a worker, through shared memory.
+
+The parent creates and unlinks every segment; a worker only attaches. Only small tuples cross the
+pipe (see ``worker.py`` for the protocol). Segments belong to one worker process and go with it:
+a restarted worker gets new ones, so nothing a dead worker half-wrote is ever read.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from multiprocessing.shared_memory import SharedMemory
+
+import numpy as np
+
+
+def attach(name: str) -> SharedMemory:
+    # The parent created and will unlink the segment; spawn shares its resource tracker with us.
+    return SharedMemory(name=name)
+
+
+def array_on(shm: SharedMemory, shape: tuple[int, ...]) -> np.ndarray:
+    return np.ndarray(shape, np.float32, buffer=shm.buf)
+
+
+class BatchBuffers:
+    """One worker's input segment (created now) and output segment (created once its shape is known)."""
+
+    def __init__(self, max_batch: int, input_shape: tuple[int, ...]) -> None:
+        self.max_batch = max_batch
+        self.input_shape = input_shape
+        self.input_shm = SharedMemory(create=True, size=max_batch * math.prod(input_shape) * 4)
+        self._inputs: np.ndarray | None = array_on(self.input_shm, (max_batch, *input_shape))
+        self._closed = False
+        self.output_shm: SharedMemory | None = None
+        self._outputs: np.ndarray | None = None
+
+    def attach_output(self, out_shape: tuple[int, ...]) -> str:
+        """Create the output segment for per-image outputs of ``out_shape``; returns its name."""
+        if self.output_shm is None:
+            self.output_shm = SharedMemory(create=True, size=max(1, self.max_batch * math.prod(out_shape) * 4))
+            self._outputs = array_on(self.output_shm, (self.max_batch, *out_shape))
+        return self.output_shm.name
+
+    def write(self, batch: Sequence[np.ndarray], size: int) -> None:
+        """Copy ``batch`` into the input segment, zero-padded to ``size`` rows."""
+        assert self._inputs is not None, "buffers are closed"
+        n = len(batch)
+        for i, image in enumerate(batch):
+            self._inputs[i] = image
+        if size > n:  # padding rows keep the shapes oneDNN has seen to the warmed-up set
+            self._inputs[n:size] = 0
+
+    def read(self, n: int) -> list[np.ndarray]:
+        assert self._outputs is not None, "no output segment"
+        return list(self._outputs[:n].copy())
+
+    def close(self) -> None:
+        """Free both segments; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._inputs = self._outputs = None  # drop the views so the segments can close
+        for shm in (self.input_shm, self.output_shm):
+            if shm is not None:
+                shm.close()
+                shm.unlink()
+        self.output_shm = None
