@@ -71,5 +71,6 @@ USER 10001
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=120s --retries=3 \
   CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
-# SIGTERM: stop accepting, finish in-flight requests (PDSERVE_GRACEFUL_SHUTDOWN_S), stop workers.
+# SIGTERM: /readyz 503 at once, requests still taken for PDSERVE_DRAIN_DELAY_S, accepted ones answered
+# (PDSERVE_GRACEFUL_SHUTDOWN_S), workers stopped; exit 0. Allow docker stop -t 40 or more.
 ENTRYPOINT ["pdserve", "serve"]

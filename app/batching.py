@@ -65,6 +65,7 @@ class DynamicBatcher(Generic[In, Out]):
         self._slots = asyncio.Semaphore(policy.concurrency)
         self._running: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._flushing = False
         self._loop_task: asyncio.Task[None] | None = None
 
     @property
@@ -99,6 +100,11 @@ class DynamicBatcher(Generic[In, Out]):
             self._waiting -= 1
             self._observer.queued(self._waiting)
 
+    def flush(self) -> None:
+        """From now on batches close as soon as they hold anything: no waiting for company."""
+        self._flushing = True
+        self._arrived.set()
+
     async def close(self) -> None:
         """Refuse new inputs, run what is queued, wait for running batches, then stop."""
         self._closed = True
@@ -119,7 +125,7 @@ class DynamicBatcher(Generic[In, Out]):
 
     async def _next_item(self, wait_s: float | None) -> _Item[In, Out] | None:
         while not self._queue:
-            if self._closed:
+            if self._closed or (self._flushing and wait_s is not None):
                 return None
             self._arrived.clear()
             try:
@@ -148,7 +154,7 @@ class DynamicBatcher(Generic[In, Out]):
             if len(batch) >= self._policy.max_batch_size:
                 return batch
             remaining = close_at - now if batch else None
-            if remaining is not None and remaining <= 0:
+            if remaining is not None and (remaining <= 0 or self._flushing):
                 return batch
             item = await self._next_item(remaining)
             if item is None:

@@ -9,6 +9,7 @@ get 503 ``shutting_down``; those already accepted are answered, then the workers
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
 
 from app.errors import ShuttingDown
@@ -23,13 +24,22 @@ class Phase(StrEnum):
 class Lifecycle:
     def __init__(self) -> None:
         self.phase = Phase.SERVING
+        self._on_refuse: list[Callable[[], None]] = []
+
+    def on_refuse(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when new requests start being refused (e.g. to flush forming batches)."""
+        self._on_refuse.append(callback)
 
     def drain(self) -> None:
         if self.phase is Phase.SERVING:
             self.phase = Phase.DRAINING
 
     def refuse(self) -> None:
+        if self.phase is Phase.REFUSING:
+            return
         self.phase = Phase.REFUSING
+        for callback in self._on_refuse:
+            callback()
 
     @property
     def ready(self) -> bool:

@@ -292,6 +292,12 @@ class ModelRepository:
         versions = [v for entry in self.models.values() for v in entry.versions.values()]
         await asyncio.gather(*(v.load(self._metrics, self._start_timeout_s) for v in versions))
 
+    def flush_batches(self) -> None:
+        for entry in self.models.values():
+            for v in entry.versions.values():
+                if v.batcher is not None:
+                    v.batcher.flush()
+
     async def unload_all(self) -> None:
         versions = [v for entry in self.models.values() for v in entry.versions.values()]
         await asyncio.gather(*(v.unload() for v in versions))

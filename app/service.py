@@ -55,6 +55,8 @@ class InferenceService:
         self.metrics = metrics
         self._decoder = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="pdserve-decode")
         self.lifecycle = Lifecycle()
+        # Nothing new will join a forming batch once requests are refused: run them now.
+        self.lifecycle.on_refuse(repository.flush_batches)
         self.limits = ProcessLimits(settings.max_inflight_requests, settings.max_inflight_body_bytes)
 
     def resolve(self, model: str | None, version: int | None) -> ModelVersion:

@@ -7,6 +7,9 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# A worker gets this long to finish its batch and exit before it is killed (runtime/process.py).
+WORKER_STOP_S = 10.0
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PDSERVE_", frozen=True)
@@ -47,6 +50,14 @@ class Settings(BaseSettings):
     trt_cache_dir: Path | None = Field(
         None, description="Overrides every model's tensorrt.cache_dir (and sets use_static) so engines persist."
     )
+
+    @property
+    def shutdown_budget_s(self) -> float:
+        """Longest a SIGTERM can take to exit: drain delay, answering what is held, stopping workers.
+
+        Orchestrators must allow at least this (Kubernetes terminationGracePeriodSeconds, compose
+        stop_grace_period), or in-flight requests are cut."""
+        return self.drain_delay_s + self.graceful_shutdown_s + WORKER_STOP_S
 
     @field_validator("model_repo")
     @classmethod

@@ -94,11 +94,14 @@ class ServerThread:
     """A real uvicorn server on 127.0.0.1 in a thread of the test process."""
 
     def __init__(self, app: Any) -> None:
+        from app.server import DrainingServer
+
         self.app = app
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
-        self.server = uvicorn.Server(config)
+        service = app.state.service
+        self.server = DrainingServer(config, service.lifecycle, service.settings.drain_delay_s)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> ServerThread:
@@ -110,6 +113,12 @@ class ServerThread:
         self.server.should_exit = True
         self.thread.join(60)
         assert not self.thread.is_alive(), "server thread did not stop"
+
+    def begin_drain(self) -> None:
+        """What SIGTERM does to ``pdserve serve`` (signals reach only the main thread)."""
+        loop = self.server._loop
+        assert loop is not None
+        loop.call_soon_threadsafe(self.server.begin_drain)
 
     def wait_ready(self, timeout: float = 120) -> None:
         def ready() -> bool:

@@ -26,10 +26,11 @@ from app.errors import InferenceFailed, ModelLoadError, PdserveError
 from app.model_config import ModelConfig
 from app.runtime.transport import BatchBuffers
 from app.runtime.worker import WorkerSpec, worker_main
+from app.settings import WORKER_STOP_S
 
 log = logging.getLogger(__name__)
 _CTX = mp.get_context("spawn")  # fork after threads (uvicorn, OpenCV) is unsafe; spawn is clean
-STOP_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = WORKER_STOP_S
 
 
 def describe_exit(code: int | None) -> str:

@@ -22,15 +22,20 @@ JPEG = {"Content-Type": "image/jpeg"}
 class MakeServe:
     """``make serve`` in its own process group; stopped (and checked stopped) by the test."""
 
-    def __init__(self, log: Path, repo: Path | None = None) -> None:
+    def __init__(
+        self, log: Path, repo: Path | None = None, env: dict[str, str] | None = None, direct: bool = False
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         args = ["make", "--no-print-directory", "serve", "HOST=127.0.0.1", f"PORT={self.port}"]
         if repo is not None:
             args.append(f"MODEL_REPO={repo}")
+        if direct:  # the command make runs, without make in between (to see its own exit status)
+            args = [str(ROOT / ".venv/bin/pdserve"), "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+            args += ["--model-repo", str(repo or ROOT / "model_repo")]
         self.log_path = log
         self._log = log.open("wb")
-        env = {k: v for k, v in os.environ.items() if k != "MAKEFLAGS"}
+        env = {k: v for k, v in os.environ.items() if k != "MAKEFLAGS"} | (env or {})
         self.proc = subprocess.Popen(
             args, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True, env=env
         )
@@ -171,6 +176,28 @@ def test_sigterm_drains_queued_requests_then_exits(tmp_path: Path) -> None:
         assert [r.status_code for r in responses] == [200, 200]
         wait_until(lambda: not server.group_alive(), 60, "the server to exit after draining")
         assert all(not Path(f"/proc/{pid}").exists() for pid in worker_pids)
+        assert "Application shutdown complete" in server.log()
+    finally:
+        server.stop()
+
+
+def test_sigterm_turns_readiness_off_keeps_serving_through_the_drain_delay_and_exits_0(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", {"max_queue_delay_ms": 0})
+    server = MakeServe(tmp_path / "serve.log", repo, env={"PDSERVE_DRAIN_DELAY_S": "2"}, direct=True)
+    try:
+        server.wait_ready()
+        image = sample_list(1)[0][0].read_bytes()
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            assert client.post("/predict", content=image, headers=JPEG).status_code == 200
+            os.kill(server.proc.pid, signal.SIGTERM)
+            readiness = wait_until(
+                lambda: (code := client.get("/readyz").status_code) == 503 and code, 5, "/readyz to turn 503"
+            )
+            assert readiness == 503
+            # within the drain delay requests are still served, on this connection and on new ones
+            assert client.post("/predict", content=image, headers=JPEG).status_code == 200
+            assert httpx.post(f"{server.url}/predict", content=image, headers=JPEG, timeout=60).status_code == 200
+        assert server.proc.wait(60) == 0  # a handled SIGTERM is a clean exit, not 143
         assert "Application shutdown complete" in server.log()
     finally:
         server.stop()

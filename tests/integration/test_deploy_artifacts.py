@@ -84,10 +84,11 @@ def test_probes_ports_and_hpa_metrics_exist_in_the_app(live: ServerThread, overl
     assert set(pod_metrics) <= exported_names(live)
     service = next(d for d in docs if d["kind"] == "Service")
     assert service["spec"]["ports"][0]["targetPort"] in ports
-    # drain: preStop sleep + graceful shutdown fit in the grace period
-    pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
+    # drain: the app's whole shutdown (drain delay, answering, stopping workers) fits the grace period,
+    # with no preStop sleep adding to it
+    assert "lifecycle" not in container
     grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-    assert pre_stop + float(settings["PDSERVE_GRACEFUL_SHUTDOWN_S"]) < grace
+    assert shutdown_budget(settings) + 5 <= grace
     security = container["securityContext"]
     assert security["readOnlyRootFilesystem"] is True
     assert security["allowPrivilegeEscalation"] is False
@@ -95,6 +96,20 @@ def test_probes_ports_and_hpa_metrics_exist_in_the_app(live: ServerThread, overl
     if overlay == "gpu":
         assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
         assert settings["PDSERVE_DEVICE"] == "gpu:0"
+
+
+def shutdown_budget(env: dict[str, str]) -> float:
+    overrides: dict[str, Any] = {
+        k.removeprefix("PDSERVE_").lower(): v for k, v in env.items() if k.startswith("PDSERVE_")
+    }
+    overrides["model_repo"] = MODEL_REPO  # /models does not exist here
+    return Settings.model_validate(overrides).shutdown_budget_s
+
+
+def test_compose_allows_the_whole_shutdown() -> None:
+    service = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["pdserve"]
+    grace = int(service["stop_grace_period"].removesuffix("s"))
+    assert shutdown_budget(service["environment"]) + 5 <= grace
 
 
 def test_configmap_keys_are_real_settings() -> None:
