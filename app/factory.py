@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from app.api import health, models, predict
 from app.api.errors import register_error_handlers
+from app.api.openapi import install_openapi
 from app.metrics import Metrics
 from app.repository import ModelRepository, Overrides
 from app.service import InferenceService
@@ -53,6 +54,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.service = service
     register_error_handlers(app)
+    install_openapi(app)
     for module in (predict, models, health):
         app.include_router(module.router)
     return app

@@ -33,14 +33,32 @@ PROCESS_REASONS = ("requests_in_flight", "body_bytes_in_flight")
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in {
-        400: "Undecodable image or malformed body",
-        404: "Unknown model or version",
-        413: "Body over the configured limit",
-        415: "Unsupported media type",
-        503: "Model not ready, queue full, or worker restarting (retryable)",
-        504: "No result within the request timeout",
+        400: "Undecodable image, or malformed multipart, JSON or base64 (bad_request, invalid_image)",
+        404: "Unknown model or version (model_not_found)",
+        408: "The body did not arrive within PDSERVE_BODY_TIMEOUT_S (body_timeout)",
+        413: "Body over PDSERVE_MAX_BODY_BYTES (payload_too_large), an image over PDSERVE_MAX_IMAGE_PIXELS "
+        "(image_too_large), or more than PDSERVE_MAX_IMAGES_PER_REQUEST images (too_many_images)",
+        415: "Unsupported media type (unsupported_media_type)",
+        422: "A bad query parameter or header, e.g. top_k=0 (validation_error)",
+        429: "Refused at admission: the model's queue is full, the estimated wait exceeds the deadline, or the "
+        "server has too many requests or body bytes in flight (overloaded); retry after Retry-After seconds",
+        500: "A bug (internal_error)",
+        503: "Retryable: model loading or recovering (model_not_ready), its worker died or hung running this "
+        "batch (worker_died, worker_hung), or the server is shutting down (shutting_down), with Retry-After; "
+        "not retryable: the model failed for good (model_unavailable), without Retry-After",
+        504: "No result within the request's deadline (timeout)",
     }.items()
 }
+for _code in (429, 503):
+    _ERRORS[_code]["headers"] = {
+        "Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "integer"}}
+    }
+
+# A real 2x2 PNG: examples in the OpenAPI document are sent by tools as they are.
+EXAMPLE_PNG_BASE64 = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR4nGM8ISfHwMDAxMDAwMDAAAANBAEIfXHKZgAAAABJRU5ErkJggg=="
+)
+_IMAGE_B64 = {"type": "string", "format": "byte", "description": "An encoded image (JPEG, PNG, WebP, BMP) in base64"}
 _BODY = {
     "requestBody": {
         "required": True,
@@ -48,18 +66,34 @@ _BODY = {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                    "properties": {
+                        "file": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "minItems": 1,
+                            "description": "One part per image; repeat the field for several",
+                        }
+                    },
                     "required": ["file"],
+                    "additionalProperties": False,
                 },
-                "example": "file=@cat.jpg (repeat the field for several images)",
             },
-            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-            "image/png": {"schema": {"type": "string", "format": "binary"}},
-            "image/webp": {"schema": {"type": "string", "format": "binary"}},
-            "image/bmp": {"schema": {"type": "string", "format": "binary"}},
+            **{
+                kind: {"schema": {"type": "string", "format": "binary"}}
+                for kind in ("image/jpeg", "image/png", "image/webp", "image/bmp", "application/octet-stream")
+            },
             "application/json": {
-                "schema": {"type": "object", "properties": {"image": {"type": "string", "format": "byte"}}},
-                "example": {"image": "/9j/4AAQSkZJRgABAQ..."},
+                "schema": {
+                    "oneOf": [
+                        {"type": "object", "properties": {"image": _IMAGE_B64}, "required": ["image"]},
+                        {
+                            "type": "object",
+                            "properties": {"images": {"type": "array", "items": _IMAGE_B64, "minItems": 1}},
+                            "required": ["images"],
+                        },
+                    ]
+                },
+                "example": {"image": EXAMPLE_PNG_BASE64},
             },
         },
     }
