@@ -14,6 +14,7 @@ from app.api.errors import register_error_handlers
 from app.api.openapi import install_openapi
 from app.metrics import Metrics
 from app.repository import ModelRepository, Overrides
+from app.runtime.process import WorkerOptions
 from app.service import InferenceService
 from app.settings import Settings
 
@@ -31,7 +32,8 @@ def create_app(settings: Settings) -> FastAPI:
     and ``/readyz`` says what is still loading."""
     metrics = Metrics()
     overrides = Overrides(device=settings.device, trt_cache_dir=settings.trt_cache_dir)
-    repository = ModelRepository(settings.model_repo, metrics, settings.worker_start_timeout_s, overrides)
+    workers = WorkerOptions(settings.worker_start_timeout_s, settings.worker_nice)
+    repository = ModelRepository(settings.model_repo, metrics, workers, overrides)
     repository.scan(settings.default_model)
     service = InferenceService(repository, settings, metrics)
 

@@ -22,6 +22,7 @@ from app.errors import ModelConfigError, ModelLoadError, ModelNotFound, ModelNot
 from app.metrics import Metrics
 from app.model_config import ModelConfig, load_model_config, version_folders
 from app.runtime.pool import PoolObserver, WorkerPool
+from app.runtime.process import WorkerOptions
 
 log = logging.getLogger(__name__)
 REPOSITORY_FILE = "repository.yaml"
@@ -113,9 +114,9 @@ class ModelVersion:
             return self.error
         return "; ".join(f"instance {i.index}: {i.error}" for i in self.pool.instances if i.error) or None
 
-    async def load(self, metrics: Metrics, start_timeout_s: float) -> None:
+    async def load(self, metrics: Metrics, workers: WorkerOptions) -> None:
         self.state = ModelState.LOADING
-        pool = WorkerPool(self.name, self.path, self.config, start_timeout_s, _PoolMetrics(metrics, self.name))
+        pool = WorkerPool(self.name, self.path, self.config, workers, _PoolMetrics(metrics, self.name))
         try:
             await pool.start()
         except PdserveError as exc:
@@ -250,12 +251,12 @@ def _scan_model(model_dir: Path, overrides: Overrides) -> ModelEntry:
 
 class ModelRepository:
     def __init__(
-        self, root: Path, metrics: Metrics, start_timeout_s: float, overrides: Overrides | None = None
+        self, root: Path, metrics: Metrics, workers: WorkerOptions, overrides: Overrides | None = None
     ) -> None:
         self.root = root
         self._overrides = overrides or Overrides()
         self._metrics = metrics
-        self._start_timeout_s = start_timeout_s
+        self._workers = workers
         self.models: dict[str, ModelEntry] = {}
         self.default_model: str | None = None
 
@@ -290,7 +291,7 @@ class ModelRepository:
 
     async def load_all(self) -> None:
         versions = [v for entry in self.models.values() for v in entry.versions.values()]
-        await asyncio.gather(*(v.load(self._metrics, self._start_timeout_s) for v in versions))
+        await asyncio.gather(*(v.load(self._metrics, self._workers) for v in versions))
 
     def flush_batches(self) -> None:
         for entry in self.models.values():

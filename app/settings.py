@@ -36,6 +36,13 @@ class Settings(BaseSettings):
     max_images_per_request: int = Field(64, gt=0, description="More images in one request get 413.")
     decode_threads: int = Field(2, gt=0, description="Threads that decode and preprocess images.")
     worker_start_timeout_s: float = Field(300.0, gt=0, description="Time a worker may take to load and warm up.")
+    worker_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="Niceness added to worker processes, so the HTTP process (admission, health probes, "
+        "decoding) keeps the CPU it needs under overload; 0 for equal priority.",
+    )
     drain_delay_s: float = Field(
         5.0, ge=0, description="On SIGTERM, /readyz turns 503 at once; requests are still taken for this long."
     )

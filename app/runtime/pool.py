@@ -17,7 +17,7 @@ import numpy as np
 
 from app.errors import ModelUnavailable, ShuttingDown
 from app.model_config import ModelConfig
-from app.runtime.process import ProcessWorker
+from app.runtime.process import ProcessWorker, WorkerOptions
 from app.runtime.supervisor import SERVING, Instance, InstanceState, Launcher, RestartPolicy
 
 # A batch may take this many times the slowest warm-up batch before its worker counts as hung,
@@ -40,7 +40,7 @@ class WorkerPool:
         model: str,
         version_dir: Path,
         config: ModelConfig,
-        start_timeout_s: float,
+        options: WorkerOptions,
         observer: PoolObserver | None = None,
         launch: Launcher | None = None,
         policy: RestartPolicy | None = None,
@@ -49,13 +49,13 @@ class WorkerPool:
         self._config = config
         self._observer = observer or PoolObserver()
         self._batch_sizes = config.padded_batch_sizes
-        launch = launch or (lambda index: ProcessWorker(model, version_dir, config, index))
+        launch = launch or (lambda index: ProcessWorker(model, version_dir, config, index, options.nice))
         self.instances = [
             Instance(
                 model,
                 index,
                 launch,
-                start_timeout_s,
+                options.start_timeout_s,
                 policy or RestartPolicy(max_failed_starts=config.max_failed_starts),
                 self._changed,
                 self._observer.restarted,

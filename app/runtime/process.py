@@ -15,6 +15,7 @@ import logging
 import multiprocessing as mp
 import signal
 from collections.abc import Sequence
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -38,6 +39,14 @@ def describe_exit(code: int | None) -> str:
         with contextlib.suppress(ValueError):
             return f"was killed by {signal.Signals(-code).name}"
     return f"exited with code {code}"
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """Deployment-wide settings of worker processes (PDSERVE_WORKER_*)."""
+
+    start_timeout_s: float = 300.0
+    nice: int = 0
 
 
 class WorkerExited(PdserveError):
@@ -81,14 +90,14 @@ class WorkerHandle(Protocol):
 class ProcessWorker:
     """A spawned ``worker_main`` process with its shared-memory buffers."""
 
-    def __init__(self, model: str, version_dir: Path, config: ModelConfig, index: int) -> None:
+    def __init__(self, model: str, version_dir: Path, config: ModelConfig, index: int, nice: int = 0) -> None:
         self._model = model
         self._loop = asyncio.get_running_loop()
         batch_sizes = config.padded_batch_sizes
         self._buffers = BatchBuffers(max(batch_sizes), tuple(config.input.shape))
         try:
             parent_conn, child_conn = _CTX.Pipe()
-            spec = WorkerSpec(model, version_dir, config, self._buffers.input_shm.name)
+            spec = WorkerSpec(model, version_dir, config, self._buffers.input_shm.name, nice)
             self._process: BaseProcess = _CTX.Process(
                 target=worker_main, args=(spec, child_conn), name=f"pdserve-{model}-{index}", daemon=True
             )

@@ -38,6 +38,7 @@ class WorkerSpec:
     version_dir: Path
     config: ModelConfig
     input_shm: str
+    nice: int = 0
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -56,6 +57,9 @@ def _ignore_group_signals() -> None:
 
 
 def worker_main(spec: WorkerSpec, conn: Connection) -> None:
+    # Below the HTTP process in CPU priority: under overload its event loop (admission, 429s,
+    # health probes) and decoding threads must not wait behind inference (BENCHMARKS.md, overload).
+    os.nice(spec.nice)
     warnings.filterwarnings("ignore", message="No ccache found")
     _ignore_group_signals()
     try:

@@ -7,6 +7,7 @@ import pytest
 from app.errors import ModelLoadError, ModelNotFound, ModelNotReady
 from app.metrics import Metrics
 from app.repository import ModelRepository
+from app.runtime.process import WorkerOptions
 
 
 def model(root: Path, name: str) -> None:
@@ -17,7 +18,7 @@ def model(root: Path, name: str) -> None:
 
 
 def repo(root: Path, default: str | None = None) -> ModelRepository:
-    r = ModelRepository(root, Metrics(), 1.0)
+    r = ModelRepository(root, Metrics(), WorkerOptions(1.0))
     r.scan(default)
     return r
 

@@ -13,7 +13,7 @@ import pytest
 from app.errors import ModelLoadError, ModelUnavailable, ShuttingDown, WorkerDied, WorkerHung
 from app.model_config import ModelConfig
 from app.runtime.pool import WorkerPool
-from app.runtime.process import WorkerExited
+from app.runtime.process import WorkerExited, WorkerOptions
 from app.runtime.supervisor import TRANSITIONS, IllegalTransition, Instance, InstanceState, RestartPolicy
 
 pytestmark = pytest.mark.timeout(10)
@@ -222,7 +222,7 @@ def test_backoff_is_immediate_first_then_doubles_with_jitter_up_to_the_cap() -> 
 def pool(launch: Launcher, instances: int = 2, compute_timeout_ms: int | None = None) -> WorkerPool:
     config = ModelConfig(instances=instances, compute_timeout_ms=compute_timeout_ms)
     policy = RestartPolicy(max_failed_starts=2, backoff_base_s=0.001, backoff_max_s=0.004)
-    return WorkerPool("m", None, config, 5, launch=launch, policy=policy)  # type: ignore[arg-type]
+    return WorkerPool("m", None, config, WorkerOptions(5), launch=launch, policy=policy)  # type: ignore[arg-type]
 
 
 async def test_compute_timeout_defaults_to_a_multiple_of_the_slowest_warmup() -> None:
