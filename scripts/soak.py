@@ -113,9 +113,7 @@ async def soak(port: int, server: Served, args: argparse.Namespace) -> dict[str,
     step = max(1, len(rest) // 5)
     for start in range(0, len(rest), step):
         chunk = rest[start : start + step]
-        more, _ = await closed_loop(
-            target, lambda i, c=chunk: c[i], clients=args.clients, seconds=None, total=len(chunk)
-        )
+        more, _ = await closed_loop(target, chunk.__getitem__, clients=args.clients, seconds=None, total=len(chunk))
         results += more
         samples.append(server.rss_mib())
     target.close()
