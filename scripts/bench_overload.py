@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from loadgen import Request, Result, Target, closed_loop, open_loop, percentile  # noqa: E402
+from loadgen import Request, Result, Target, closed_loop, open_loop, percentile, run  # noqa: E402
 from served import Served  # noqa: E402
 
 from tests.helpers import MODEL_REPO, metric, sample_list  # noqa: E402
@@ -152,7 +152,7 @@ def main() -> int:
     runs = {}
     for nice in args.worker_nice:
         with Served(MODEL_REPO, env={"PDSERVE_WORKER_NICE": str(nice)}) as server:
-            out = asyncio.run(measure(server.port, images, args))
+            out = run(measure(server.port, images, args))
             out["server_rss_mib"] = server.rss_mib()
         print(f"\n== PDSERVE_WORKER_NICE={nice}")
         report(out, args)

@@ -14,7 +14,6 @@ Target (issue 7): RSS growth after warm-up < 5%; every request answered as expec
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import json
 import os
@@ -29,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from loadgen import Request, Result, Target, closed_loop  # noqa: E402
+from loadgen import Request, Result, Target, closed_loop, run  # noqa: E402
 from served import Served  # noqa: E402
 
 from tests.helpers import MODEL_REPO, sample_list  # noqa: E402
@@ -140,7 +139,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     with Served(MODEL_REPO) as server:
-        out = asyncio.run(soak(server.port, server, args))
+        out = run(soak(server.port, server, args))
     print(f"machine: {os.cpu_count()} cores; shipped model_repo; {args.clients} closed-loop clients")
     print(f"{out['requests']} requests ({out['bad']} bad) in {out['seconds']:.0f} s; statuses {out['statuses']}")
     print(f"wrong answers: {out['wrong_answers'] or 'none'}")

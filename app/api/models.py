@@ -28,6 +28,7 @@ def model_info(entry: ModelEntry) -> ModelInfo:
             state=v.current_state.value,
             error=v.current_error,
             instances=[InstanceInfo(**i) for i in (v.pool.describe() if v.pool else [])],
+            compute_timeout_ms=v.pool.compute_timeout_s * 1000 if v.pool and v.pool.compute_timeout_s else None,
         )
         for v in sorted(entry.versions.values(), key=lambda v: v.version)
     ]

@@ -55,6 +55,9 @@ class VersionInfo(BaseModel):
     state: str
     error: str | None
     instances: list[InstanceInfo]
+    compute_timeout_ms: float | None = Field(
+        None, description="In force: a batch running longer marks its worker hung (set, or derived at load)."
+    )
 
 
 class ModelInfo(BaseModel):
