@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from app.api import health, models, predict
 from app.api.errors import register_error_handlers
 from app.api.openapi import install_openapi
+from app.api.v2 import routes as v2
 from app.metrics import Metrics
 from app.repository import ModelRepository, Overrides
 from app.runtime.process import WorkerOptions
@@ -57,6 +58,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.service = service
     register_error_handlers(app)
     install_openapi(app)
-    for module in (predict, models, health):
+    for module in (predict, models, health, v2):
         app.include_router(module.router)
     return app

@@ -23,6 +23,7 @@ from app.metrics import Metrics
 from app.model_config import ModelConfig, load_model_config, version_folders
 from app.runtime.pool import PoolObserver, WorkerPool
 from app.runtime.process import WorkerOptions
+from app.stats import VersionStats
 
 log = logging.getLogger(__name__)
 REPOSITORY_FILE = "repository.yaml"
@@ -39,12 +40,13 @@ class ModelState(StrEnum):
 
 
 class _BatchMetrics(BatchObserver):
-    def __init__(self, metrics: Metrics, model: str, admission: ModelAdmission) -> None:
+    def __init__(self, metrics: Metrics, model: str, admission: ModelAdmission, stats: VersionStats) -> None:
         self._depth = metrics.queue_depth.labels(model)
         self._size = metrics.batch_size.labels(model)
         self._wait = metrics.queue_wait.labels(model)
         self._expired = metrics.expired.labels(model, "queued")
         self._admission = admission
+        self._stats = stats
 
     def queued(self, depth: int) -> None:
         self._depth.set(depth)
@@ -53,6 +55,7 @@ class _BatchMetrics(BatchObserver):
         self._size.observe(size)
         for w in waits:
             self._wait.observe(w)
+        self._stats.batch_dispatched(size, waits)
 
     def completed(self, size: int, seconds: float) -> None:
         self._admission.rate.observe(size, seconds)
@@ -62,7 +65,8 @@ class _BatchMetrics(BatchObserver):
 
 
 class _PoolMetrics(PoolObserver):
-    def __init__(self, metrics: Metrics, model: str) -> None:
+    def __init__(self, metrics: Metrics, model: str, stats: VersionStats) -> None:
+        self._stats = stats
         self._alive = metrics.workers_alive.labels(model)
         self._restarts = metrics.worker_restarts.labels(model)  # a zero, not an absent series, until one
         self._compute = metrics.compute.labels(model)
@@ -77,6 +81,7 @@ class _PoolMetrics(PoolObserver):
     def computed(self, seconds: float, size: int, padded: int) -> None:
         self._compute.observe(seconds)
         self._padding.inc(padded - size)
+        self._stats.batch_computed(seconds, padded)
 
 
 @dataclass
@@ -91,6 +96,7 @@ class ModelVersion:
     pool: WorkerPool | None = field(default=None, repr=False)
     batcher: DynamicBatcher[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
     admission: ModelAdmission | None = field(default=None, repr=False)
+    stats: VersionStats = field(default_factory=VersionStats, repr=False)
 
     @property
     def current_state(self) -> ModelState:
@@ -116,7 +122,7 @@ class ModelVersion:
 
     async def load(self, metrics: Metrics, workers: WorkerOptions) -> None:
         self.state = ModelState.LOADING
-        pool = WorkerPool(self.name, self.path, self.config, workers, _PoolMetrics(metrics, self.name))
+        pool = WorkerPool(self.name, self.path, self.config, workers, _PoolMetrics(metrics, self.name, self.stats))
         try:
             await pool.start()
         except PdserveError as exc:
@@ -137,7 +143,8 @@ class ModelVersion:
             serving_instances=lambda: pool.alive,
             count=lambda reason: admission_total.labels(self.name, reason).inc(),
         )
-        self.batcher = DynamicBatcher(pool.infer, policy, _BatchMetrics(metrics, self.name, self.admission))
+        observer = _BatchMetrics(metrics, self.name, self.admission, self.stats)
+        self.batcher = DynamicBatcher(pool.infer, policy, observer)
         self.batcher.start()
         self.state = ModelState.READY
         log.info("model %s version %d ready (%d instances)", self.name, self.version, self.config.instances)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -11,7 +12,7 @@ import numpy as np
 
 from app.admission import ProcessLimits, seconds_until
 from app.batching import DynamicBatcher
-from app.errors import ImageTooLarge, InvalidImage, RequestTimeout
+from app.errors import BadRequest, ImageTooLarge, InvalidImage, RequestTimeout, TooManyImages
 from app.lifecycle import Lifecycle
 from app.metrics import Metrics
 from app.preprocess import load_and_preprocess
@@ -89,33 +90,66 @@ class InferenceService:
         if target.admission is not None:
             target.admission.check_room()
 
-    async def predict(self, target: ModelVersion, images: list[bytes], k: int, deadline: float) -> PredictResult:
-        """Admit, decode and validate every image, then batch them with other requests' images.
+    async def infer_images(self, target: ModelVersion, images: list[bytes], deadline: float) -> list[np.ndarray]:
+        """Each encoded image's output (probabilities), in order.
 
-        Admission comes first, before any decoding. Each image is decoded before it joins a batch,
-        so a bad one fails only its own request. At ``deadline`` (``loop.time()``) the request
-        gets 504, whether decoding or queued, and its images leave the queue unexecuted.
+        Admission comes first, before any decoding. Each image is decoded and validated before it
+        joins a batch, so a bad one fails only its own request. At ``deadline`` (``loop.time()``)
+        the request gets 504, whether decoding or queued, and its images leave the queue unexecuted.
         """
+        return await self._infer(target, len(images), lambda: self._decode(target, images), deadline)
+
+    async def infer_tensors(self, target: ModelVersion, batch: np.ndarray, deadline: float) -> list[np.ndarray]:
+        """Outputs for already-preprocessed inputs: float32 ``[N, *input.shape]``."""
+        expected = tuple(target.config.input.shape)
+        if batch.ndim != len(expected) + 1 or tuple(batch.shape[1:]) != expected:
+            raise BadRequest(f"input shape {list(batch.shape)} does not match [N, {', '.join(map(str, expected))}]")
+        if batch.dtype != np.float32:
+            raise BadRequest(f"input datatype is {batch.dtype}, the model takes float32")
+        if not 1 <= len(batch) <= self.settings.max_images_per_request:
+            raise TooManyImages(f"{len(batch)} inputs; send 1 to {self.settings.max_images_per_request}")
+
+        async def rows() -> list[np.ndarray]:
+            return list(np.ascontiguousarray(batch))
+
+        return await self._infer(target, len(batch), rows, deadline)
+
+    async def _infer(
+        self,
+        target: ModelVersion,
+        count: int,
+        prepare: Callable[[], Awaitable[list[np.ndarray]]],
+        deadline: float,
+    ) -> list[np.ndarray]:
         admission, batcher = target.admission, target.batcher
         assert admission is not None
         assert batcher is not None
         loop = asyncio.get_running_loop()
-        admission.admit(len(images), seconds_until(deadline, loop.time()))
-        stage = "decoding"
+        started = loop.time()
+        admission.admit(count, seconds_until(deadline, started))
+        stage, ok = "decoding", False
         try:
             async with asyncio.timeout_at(deadline):
                 try:
-                    inputs = await self._decode(target, images)
+                    inputs = await prepare()
                 finally:
-                    admission.decoded(len(images))
+                    admission.decoded(count)
                 stage = "batching"
                 outputs = await self._submit_all(batcher, inputs, deadline)
+            ok = True
         except TimeoutError:
             self.metrics.expired.labels(target.name, stage).inc()
             raise RequestTimeout(f"no result within the request's deadline (it expired while {stage})") from None
-        softmax = not target.config.output.softmax_applied
-        ranked = [top_k(_softmax(o) if softmax else o, k, target.labels) for o in outputs]
-        return PredictResult(target.name, target.version, ranked)
+        finally:
+            target.stats.request_done(loop.time() - started, ok)
+        if not target.config.output.softmax_applied:
+            outputs = [_softmax(o) for o in outputs]
+        return outputs
+
+    async def predict(self, target: ModelVersion, images: list[bytes], k: int, deadline: float) -> PredictResult:
+        """The ``k`` best classes of each image."""
+        outputs = await self.infer_images(target, images, deadline)
+        return PredictResult(target.name, target.version, [top_k(o, k, target.labels) for o in outputs])
 
     @staticmethod
     async def _submit_all(batcher: Batcher, inputs: list[np.ndarray], deadline: float) -> list[np.ndarray]:

@@ -1,4 +1,8 @@
-"""Every error leaves as ``{"error": {"code": ..., "message": ...}}``, the framework's own included."""
+"""Errors, the framework's own included, in each protocol's one shape, decided here and only here.
+
+REST: ``{"error": {"code": ..., "message": ...}}``. KServe v2 (paths under ``/v2``):
+``{"error": "<message>"}``, as tritonclient reads it. The status code and headers are the same.
+"""
 
 from __future__ import annotations
 
@@ -23,25 +27,32 @@ _HTTP_CODES = {
 }
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+V2_PREFIX = "/v2"
+
+
+def error_response(
+    path: str, status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    if path == V2_PREFIX or path.startswith(V2_PREFIX + "/"):
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
-async def _pdserve_error(_: Request, exc: Exception) -> JSONResponse:
+async def _pdserve_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, PdserveError)
-    return error_response(exc.status_code, exc.code, exc.message, exc.headers)
+    return error_response(request.url.path, exc.status_code, exc.code, exc.message, exc.headers)
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
-    return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+    return error_response(request.url.path, exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
 
 
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-    return error_response(422, "validation_error", "; ".join(parts))
+    return error_response(request.url.path, 422, "validation_error", "; ".join(parts))
 
 
 class CatchAll:
@@ -73,7 +84,8 @@ class CatchAll:
             log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"), exc_info=exc)
             if started:
                 raise  # half a response is out; only closing the connection can tell the client
-            await error_response(500, "internal_error", "internal server error")(scope, receive, send)
+            response = error_response(scope.get("path", ""), 500, "internal_error", "internal server error")
+            await response(scope, receive, send)
 
 
 def register_error_handlers(app: FastAPI) -> None:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request
 
+from app.api.accounting import Accounted, unless_disconnected
 from app.api.deps import Service
-from app.api.inputs import BodyLimits, check_media_type, read_images, wait_for_disconnect
+from app.api.inputs import BodyLimits, check_media_type, read_images
 from app.api.schemas import BatchPredictResponse, ErrorResponse, ImageResult, PredictionOut, PredictResponse
-from app.errors import ClientDisconnected, Overloaded, PdserveError
 from app.service import InferenceService, PredictResult
 
 router = APIRouter(tags=["inference"])
@@ -28,7 +26,6 @@ TimeoutHeader = Annotated[
         "default: the model's timeout_ms. Past it: 504, and the request's images are never run.",
     ),
 ]
-PROCESS_REASONS = ("requests_in_flight", "body_bytes_in_flight")
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
@@ -119,51 +116,18 @@ async def _predict(
     top_k: int,
     timeout_ms: int | None,
 ) -> PredictResponse | BatchPredictResponse:
-    metrics, settings = service.metrics, service.settings
-    started = time.perf_counter()
-    label, status, reason, entered = "", 200, None, False
-    try:
+    settings = service.settings
+    with Accounted(service) as accounted:
         service.lifecycle.check_accepting()
         target = service.resolve(model, version)
-        label = target.name
         deadline = service.deadline(target, timeout_ms)
-        service.limits.enter()
-        entered = True
-        metrics.inflight.labels(label).inc()
-        try:
-            check_media_type(request)
-            service.check_room(target)  # a full model refuses before the body is read
-            limits = BodyLimits(settings.max_body_bytes, settings.body_timeout_s, settings.max_images_per_request)
-            images, many = await read_images(request, limits, service.limits)
-            work = asyncio.ensure_future(service.predict(target, images, top_k, deadline))
-            gone = asyncio.ensure_future(wait_for_disconnect(request))
-            try:
-                await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                gone.cancel()
-                abandoned = not work.done()
-                if abandoned:  # client left (or we are cancelled): drop its images from the queue
-                    work.cancel()
-            if abandoned:
-                raise ClientDisconnected("client disconnected before its result was ready")
-            return _response(work.result(), many)
-        finally:
-            metrics.inflight.labels(label).dec()
-    except PdserveError as exc:
-        status, reason = exc.status_code, exc.code
-        if isinstance(exc, Overloaded) and exc.reason in PROCESS_REASONS:
-            metrics.admission.labels(label, exc.reason).inc()
-        raise
-    except Exception:
-        status, reason = 500, "internal_error"
-        raise
-    finally:
-        if entered:
-            service.limits.leave()
-        metrics.request_latency.labels(label, str(status)).observe(time.perf_counter() - started)
-        metrics.requests.labels(label, str(status)).inc()
-        if reason is not None:
-            metrics.errors.labels(label, reason).inc()
+        accounted.enter(target)
+        check_media_type(request)
+        service.check_room(target)  # a full model refuses before the body is read
+        limits = BodyLimits(settings.max_body_bytes, settings.body_timeout_s, settings.max_images_per_request)
+        images, many = await read_images(request, limits, service.limits)
+        result = await unless_disconnected(request, service.predict(target, images, top_k, deadline))
+        return _response(result, many)
 
 
 @router.post(

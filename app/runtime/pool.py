@@ -67,6 +67,7 @@ class WorkerPool:
         self._stopping = False
         self._alive = 0
         self.compute_timeout_s = (config.compute_timeout_ms or 0) / 1000 or None
+        self.output_shape: tuple[int, ...] = ()  # one image's output, known once started
 
     # ---- state -----------------------------------------------------------------------------
     @property
@@ -99,6 +100,8 @@ class WorkerPool:
         except BaseException:
             await self.stop()
             raise
+        first = self.instances[0].worker
+        self.output_shape = first.output_shape if first is not None else ()
         if self.compute_timeout_s is None:
             slowest = max(i.slowest_warmup_s for i in self.instances)
             self.compute_timeout_s = max(COMPUTE_TIMEOUT_FLOOR_S, COMPUTE_TIMEOUT_FACTOR * slowest)

@@ -68,6 +68,11 @@ class WorkerHandle(Protocol):
         """Resolves with the exit code once the process is gone (and reaped)."""
         ...
 
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """Shape of one image's output, known once ready."""
+        ...
+
     async def ready(self) -> float:
         """Wait until loaded and warmed up; return the slowest warm-up batch in seconds.
 
@@ -112,6 +117,7 @@ class ProcessWorker:
         self._exited: asyncio.Future[int | None] = self._loop.create_future()
         self._pending: tuple[int, asyncio.Future[float]] | None = None
         self._batch_ids = itertools.count()
+        self._output_shape: tuple[int, ...] = ()
         self._loop.add_reader(parent_conn.fileno(), self._on_message)
         self._loop.add_reader(self._process.sentinel, self._on_exit)
 
@@ -122,6 +128,10 @@ class ProcessWorker:
     @property
     def exited(self) -> asyncio.Future[int | None]:
         return self._exited
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return self._output_shape
 
     async def ready(self) -> float:
         return await asyncio.shield(self._ready)
@@ -183,6 +193,7 @@ class ProcessWorker:
         if kind == "ready":
             _, out_shape, pid, slowest = msg
             self._pid = pid
+            self._output_shape = tuple(out_shape)
             assert self._conn is not None
             self._conn.send(("output", self._buffers.attach_output(tuple(out_shape))))
             if not self._ready.done():

@@ -19,6 +19,7 @@ from schemathesis.core.parameters import ParameterLocation
 from schemathesis.transport.serialization import Binary
 
 PREDICT_PATHS = {"/predict", "/models/{name}/predict"}
+V2_INFER_PATHS = {"/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"}
 FORMATS = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP", "image/bmp": "BMP"}
 
 
@@ -38,14 +39,20 @@ def _replace_body(case: Any, body: Any) -> None:
 @schemathesis.hook
 def map_case(context: Any, case: Any) -> Any:
     meta = case._meta
-    if case.operation.path not in PREDICT_PATHS or meta is None:
+    if case.operation.path not in PREDICT_PATHS | V2_INFER_PATHS or meta is None:
         return case
     body_info = meta.components.get(ParameterLocation.BODY)
     if GenerationMode.NEGATIVE in (meta.generation.mode, body_info.mode if body_info else None):
         return case  # a request meant to be refused keeps what makes it invalid
     media = (case.media_type or "").split(";")[0]
     body = case.body
-    if media == "multipart/form-data" and isinstance(body, dict):
+    if case.operation.path in V2_INFER_PATHS:
+        # A schema-valid v2 request with a real image: the one input an image model takes.
+        image = base64.b64encode(_image("JPEG", 1)).decode()
+        tensor = {"name": "image", "shape": [1], "datatype": "BYTES", "data": [image]}
+        _replace_body(case, {"inputs": [tensor]})
+        case.media_type = "application/json"
+    elif media == "multipart/form-data" and isinstance(body, dict):
         count = max(1, len(body.get("file") or []))
         _replace_body(case, {"file": [Binary(_image("PNG", i)) for i in range(count)]})
     elif media in FORMATS or media == "application/octet-stream":

@@ -48,6 +48,10 @@ class FakeWorker:
     def exited(self) -> asyncio.Future[int | None]:
         return self._exited
 
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return (2,)
+
     async def ready(self) -> float:
         return await asyncio.shield(self._ready)
 
