@@ -55,6 +55,20 @@ class TooManyImages(PayloadTooLarge):
     code = "too_many_images"
 
 
+class Unauthorized(PdserveError):
+    status_code = 401
+    code = "unauthorized"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(PdserveError):
+    status_code = 403
+    code = "forbidden"
+
+
 class ModelNotFound(PdserveError):
     status_code = 404
     code = "model_not_found"

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from app.api import health, models, predict
 from app.api.errors import register_error_handlers
 from app.api.openapi import install_openapi
+from app.api.v2 import repository as v2_repository
 from app.api.v2 import routes as v2
 from app.metrics import Metrics
 from app.repository import ModelRepository, Overrides
@@ -41,11 +42,16 @@ def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         loading = asyncio.create_task(repository.load_all())
+        polling = None
+        if settings.repository_poll_s > 0:
+            polling = asyncio.create_task(repository.poll(settings.repository_poll_s))
         try:
             yield
         finally:
             # uvicorn has already finished in-flight requests (graceful shutdown) when we get here.
-            await asyncio.gather(loading, return_exceptions=True)
+            if polling is not None:
+                polling.cancel()
+            await asyncio.gather(loading, *([polling] if polling else []), return_exceptions=True)
             await repository.unload_all()
             service.close()
 
@@ -58,6 +64,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.service = service
     register_error_handlers(app)
     install_openapi(app)
-    for module in (predict, models, health, v2):
+    for module in (predict, models, health, v2_repository, v2):
         app.include_router(module.router)
     return app

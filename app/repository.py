@@ -36,20 +36,17 @@ class ModelState(StrEnum):
     DEGRADED = "DEGRADED"  # serving, with some instances restarting or given up
     RECOVERING = "RECOVERING"  # loaded, but no instance serves now; they are being restarted
     FAILED = "FAILED"
+    UNLOADING = "UNLOADING"  # replaced or unloaded: finishing the requests it holds
     UNLOADED = "UNLOADED"
 
 
 class _BatchMetrics(BatchObserver):
     def __init__(self, metrics: Metrics, model: str, admission: ModelAdmission, stats: VersionStats) -> None:
-        self._depth = metrics.queue_depth.labels(model)
         self._size = metrics.batch_size.labels(model)
         self._wait = metrics.queue_wait.labels(model)
         self._expired = metrics.expired.labels(model, "queued")
         self._admission = admission
         self._stats = stats
-
-    def queued(self, depth: int) -> None:
-        self._depth.set(depth)
 
     def dispatched(self, size: int, waits: list[float]) -> None:
         self._size.observe(size)
@@ -67,13 +64,9 @@ class _BatchMetrics(BatchObserver):
 class _PoolMetrics(PoolObserver):
     def __init__(self, metrics: Metrics, model: str, stats: VersionStats) -> None:
         self._stats = stats
-        self._alive = metrics.workers_alive.labels(model)
         self._restarts = metrics.worker_restarts.labels(model)  # a zero, not an absent series, until one
         self._compute = metrics.compute.labels(model)
         self._padding = metrics.padding.labels(model)
-
-    def alive(self, count: int) -> None:
-        self._alive.set(count)
 
     def restarted(self) -> None:
         self._restarts.inc()
@@ -97,6 +90,45 @@ class ModelVersion:
     batcher: DynamicBatcher[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
     admission: ModelAdmission | None = field(default=None, repr=False)
     stats: VersionStats = field(default_factory=VersionStats, repr=False)
+    fingerprint: tuple[object, ...] = ()  # of its files: a load that finds it unchanged keeps it
+    users: int = field(default=0, repr=False)  # requests that resolved this version and are not done
+    _idle: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    def hold(self) -> None:
+        self.users += 1
+        self._idle.clear()
+
+    def release(self) -> None:
+        self.users -= 1
+        if self.users == 0:
+            self._idle.set()
+
+    async def retire(self, timeout_s: float) -> None:
+        """Take no new requests; let those that resolved this version finish; then stop it."""
+        if self.state is not ModelState.FAILED:
+            self.state = ModelState.UNLOADING
+        if self.batcher is not None:
+            self.batcher.flush()  # nothing new will join: run what waits for company now
+        if self.users:
+            try:
+                await asyncio.wait_for(self._idle.wait(), timeout_s)
+            except TimeoutError:
+                log.warning(
+                    "model %s version %d: %d requests still held after %.0fs",
+                    self.name,
+                    self.version,
+                    self.users,
+                    timeout_s,
+                )
+        await self.unload()
+
+    @property
+    def alive(self) -> int:
+        return self.pool.alive if self.pool is not None and self.state is ModelState.READY else 0
+
+    @property
+    def queue_depth(self) -> int:
+        return self.batcher.queue_depth if self.batcher is not None else 0
 
     @property
     def current_state(self) -> ModelState:
@@ -252,8 +284,19 @@ def _scan_model(model_dir: Path, overrides: Overrides) -> ModelEntry:
     except ModelConfigError as exc:
         log.error("%s", exc.message)
         return ModelEntry(model_dir.name, model_dir, None, {}, error=exc.message)
-    versions = {v: ModelVersion(model_dir.name, v, p, config, labels) for v, p in dirs.items()}
+    versions = {
+        v: ModelVersion(model_dir.name, v, p, config, labels, fingerprint=_fingerprint(p, model_dir, config))
+        for v, p in dirs.items()
+    }
     return ModelEntry(model_dir.name, model_dir, config, versions)
+
+
+def _fingerprint(version_dir: Path, model_dir: Path, config: ModelConfig) -> tuple[object, ...]:
+    files = [version_dir / "model.pdmodel", version_dir / "model.pdiparams"]
+    if config.labels is not None:
+        files.append(model_dir / config.labels)
+    stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.exists()]
+    return (config.model_dump_json(), *stats)
 
 
 class ModelRepository:
@@ -266,6 +309,9 @@ class ModelRepository:
         self._workers = workers
         self.models: dict[str, ModelEntry] = {}
         self.default_model: str | None = None
+        self._going: dict[str, ModelEntry] = {}  # being unloaded: its requests are still answered
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.retire_timeout_s = 30.0
 
     def scan(self, default_model: str | None = None) -> None:
         """Read every model folder's config (fast, no Paddle); loading comes after."""
@@ -277,6 +323,8 @@ class ModelRepository:
         }
         if not self.models:
             raise ModelLoadError(f"model repository {self.root} has no model folders")
+        for name in self.models:
+            self._bind_gauges(name)
         if self.default_model is not None and self.default_model not in self.models:
             raise ModelLoadError(
                 f"default model {self.default_model!r} is not in {self.root}; it has {sorted(self.models)}"
@@ -300,6 +348,116 @@ class ModelRepository:
         versions = [v for entry in self.models.values() for v in entry.versions.values()]
         await asyncio.gather(*(v.load(self._metrics, self._workers) for v in versions))
 
+    def _versions_of(self, name: str) -> list[ModelVersion]:
+        entries = [e for e in (self.models.get(name), self._going.get(name)) if e is not None]
+        return [v for e in entries for v in e.versions.values()]
+
+    def _bind_gauges(self, name: str) -> None:
+        """Workers alive and images queued, summed over the model's versions when scraped (during a
+        reload two versions serve at once, and neither may overwrite the other's numbers)."""
+        m = self._metrics
+        m.workers_alive.labels(name).set_function(lambda: sum(v.alive for v in self._versions_of(name)))
+        m.queue_depth.labels(name).set_function(lambda: sum(v.queue_depth for v in self._versions_of(name)))
+        m.worker_restarts.labels(name)  # a zero, not an absent series, until the first restart
+
+    def folders(self) -> list[Path]:
+        return sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+
+    def index(self) -> list[dict[str, str]]:
+        """Every model folder, loaded or not, with its versions and states (the repository extension)."""
+        rows = []
+        for folder in self.folders():
+            entry = self.models.get(folder.name) or self._going.get(folder.name)
+            if entry is None:
+                rows.append({"name": folder.name, "version": "", "state": "UNAVAILABLE", "reason": "unloaded"})
+                continue
+            if not entry.versions:
+                rows.append({"name": entry.name, "version": "", "state": "UNAVAILABLE", "reason": entry.error or ""})
+            for number, v in sorted(entry.versions.items()):
+                state = "READY" if v.serving else ("LOADING" if v.state is ModelState.LOADING else "UNAVAILABLE")
+                rows.append(
+                    {"name": entry.name, "version": str(number), "state": state, "reason": v.current_error or ""}
+                )
+        return rows
+
+    async def load_model(self, name: str) -> ModelEntry:
+        """(Re)load one model from its folder without interrupting its traffic.
+
+        New or changed versions start and warm up beside the serving ones; then the entry is swapped
+        at once, and the versions it replaced finish the requests they hold before their workers
+        stop. A load that fails leaves what serves untouched and raises with the reason."""
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            folder = self.root / name
+            if name.startswith((".", "_")) or "/" in name or not folder.is_dir():
+                raise ModelNotFound(f"no model folder {name!r} in the repository")
+            fresh = _scan_model(folder, self._overrides)
+            if fresh.error is not None:
+                raise ModelLoadError(fresh.error)
+            old = self.models.get(name)
+            kept: dict[int, ModelVersion] = {}
+            started: list[ModelVersion] = []
+            for number, candidate in sorted(fresh.versions.items()):
+                current = old.versions.get(number) if old is not None else None
+                if current is not None and current.fingerprint == candidate.fingerprint and current.serving:
+                    kept[number] = current
+                    continue
+                await candidate.load(self._metrics, self._workers)
+                if candidate.state is not ModelState.READY:
+                    await asyncio.gather(*(v.unload() for v in started))
+                    raise ModelLoadError(f"model {name!r} version {number}: {candidate.error}")
+                started.append(candidate)
+                kept[number] = candidate
+            self.models[name] = ModelEntry(name, folder, fresh.config, kept)  # traffic moves here, at once
+            self._bind_gauges(name)
+            replaced = [v for v in (old.versions.values() if old is not None else []) if kept.get(v.version) is not v]
+            await asyncio.gather(*(v.retire(self.retire_timeout_s) for v in replaced))
+            log.info(
+                "model %s loaded: versions %s (%d new, %d retired)", name, sorted(kept), len(started), len(replaced)
+            )
+            return self.models[name]
+
+    async def unload_model(self, name: str) -> None:
+        """Stop serving a model: new requests get 404 at once, held ones are answered, then it stops."""
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            entry = self.models.pop(name, None)
+            if entry is None:
+                raise ModelNotFound(f"model {name!r} is not loaded")
+            self._going[name] = entry
+            try:
+                await asyncio.gather(*(v.retire(self.retire_timeout_s) for v in entry.versions.values()))
+            finally:
+                del self._going[name]
+            log.info("model %s unloaded", name)
+
+    def _fingerprints(self) -> dict[str, tuple[object, ...]]:
+        found: dict[str, tuple[object, ...]] = {}
+        for folder in self.folders():
+            try:
+                entry = _scan_model(folder, self._overrides)
+            except OSError:
+                continue
+            versions = tuple(sorted((n, v.fingerprint) for n, v in entry.versions.items()))
+            found[folder.name] = (entry.error, versions)
+        return found
+
+    async def poll(self, interval_s: float) -> None:
+        """Every ``interval_s``, load what changed in the model folders and unload what was removed."""
+        seen = await asyncio.to_thread(self._fingerprints)
+        while True:
+            await asyncio.sleep(interval_s)
+            now = await asyncio.to_thread(self._fingerprints)
+            for name in sorted(set(seen) | set(now)):
+                if seen.get(name) == now.get(name):
+                    continue
+                try:
+                    if name in now:
+                        await self.load_model(name)
+                    elif name in self.models:
+                        await self.unload_model(name)
+                except PdserveError as exc:
+                    log.error("repository poll: %s: %s", name, exc.message)
+            seen = now
+
     def flush_batches(self) -> None:
         for entry in self.models.values():
             for v in entry.versions.values():
@@ -321,6 +479,8 @@ class ModelRepository:
                 raise ModelNotFound(f"name a model: ?model=<name>, one of {sorted(self.models)}")
         entry = self.models.get(name)
         if entry is None:
+            if name in self._going:
+                raise ModelUnavailable(f"model {name!r} is being unloaded")
             raise ModelNotFound(f"no model {name!r}; available: {sorted(self.models)}")
         if entry.error is not None:
             raise ModelUnavailable(f"model {name!r} failed to load: {entry.error}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # A worker gets this long to finish its batch and exit before it is killed (runtime/process.py).
@@ -48,6 +48,16 @@ class Settings(BaseSettings):
     )
     graceful_shutdown_s: float = Field(
         20.0, gt=0, description="After the drain delay, time to answer accepted requests before they are cut."
+    )
+    admin_key: SecretStr | None = Field(
+        None, description="Bearer key of the management API (/v2/repository/...); unset: that API answers 403."
+    )
+    admin_key_file: Path | None = Field(
+        None, description="File holding the admin key (a mounted Kubernetes Secret); read on each use."
+    )
+    api_key: SecretStr | None = Field(None, description="Bearer key required by inference endpoints, if set.")
+    repository_poll_s: float = Field(
+        0, ge=0, description="Re-read model folders this often and (re)load or unload what changed; 0: off."
     )
     strict_readiness: bool = Field(
         True, description="/readyz needs every required model serving; false: any one model serving."

@@ -29,6 +29,7 @@ class Accounted:
         self._started = time.perf_counter()
         self.label = ""
         self._entered = False
+        self._target: ModelVersion | None = None
 
     def __enter__(self) -> Accounted:
         return self
@@ -38,6 +39,8 @@ class Accounted:
         self.label = target.name
         self._service.limits.enter()
         self._entered = True
+        self._target = target
+        target.hold()  # a reload retires this version only after this request is done
         self._service.metrics.inflight.labels(self.label).inc()
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
@@ -49,6 +52,8 @@ class Accounted:
                 metrics.admission.labels(self.label, exc.reason).inc()
         elif exc is not None:
             status, reason = 500, "internal_error"
+        if self._target is not None:
+            self._target.release()
         if self._entered:
             self._service.limits.leave()
             metrics.inflight.labels(self.label).dec()

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.auth import redact
 from app.errors import PdserveError
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def error_response(
 
 async def _pdserve_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, PdserveError)
-    return error_response(request.url.path, exc.status_code, exc.code, exc.message, exc.headers)
+    return error_response(request.url.path, exc.status_code, exc.code, redact(exc.message, request), exc.headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from app.api.auth import redact
 from app.api.deps import MetricsDep, Service
 from app.api.schemas import Health, Readiness
 from app.repository import ModelState
@@ -50,8 +51,10 @@ def readiness(service: InferenceService) -> Readiness:
     responses={503: {"model": Readiness, "description": "Draining, or a required model is not serving"}},
     summary="200 when every required model has an instance serving and the server is not draining",
 )
-async def readyz(service: Service) -> JSONResponse:
+async def readyz(request: Request, service: Service) -> JSONResponse:
     body = readiness(service)
+    body.reasons = [redact(r, request) for r in body.reasons]
+    body.degraded = [redact(r, request) for r in body.degraded]
     return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
 
 

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Path, Query, Request
 
 from app.api.accounting import Accounted, unless_disconnected
+from app.api.auth import ApiKey
 from app.api.deps import Service
 from app.api.inputs import BodyLimits, check_media_type, read_images
 from app.api.schemas import BatchPredictResponse, ErrorResponse, ImageResult, PredictionOut, PredictResponse
@@ -31,6 +32,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in {
         400: "Undecodable image, or malformed multipart, JSON or base64 (bad_request, invalid_image)",
+        401: "A missing or wrong 'Authorization: Bearer' key, when PDSERVE_API_KEY is set (unauthorized)",
         404: "Unknown model or version (model_not_found)",
         408: "The body did not arrive within PDSERVE_BODY_TIMEOUT_S (body_timeout)",
         413: "Body over PDSERVE_MAX_BODY_BYTES (payload_too_large), an image over PDSERVE_MAX_IMAGE_PIXELS "
@@ -140,6 +142,7 @@ async def _predict(
 async def predict(
     request: Request,
     service: Service,
+    _: ApiKey,
     model: ModelQuery = None,
     version: VersionQuery = None,
     top_k: TopK = 5,
@@ -160,6 +163,7 @@ async def predict(
 async def predict_model(
     request: Request,
     service: Service,
+    _: ApiKey,
     name: Annotated[str, Path(description="Model name")],
     version: VersionQuery = None,
     top_k: TopK = 5,

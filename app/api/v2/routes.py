@@ -20,6 +20,7 @@ from fastapi import APIRouter, Path, Request, Response
 from pydantic import BaseModel, Field
 
 from app.api.accounting import Accounted, unless_disconnected
+from app.api.auth import ApiKey
 from app.api.deps import Service
 from app.api.health import readiness
 from app.api.inputs import BodyLimits, read_body
@@ -57,6 +58,8 @@ class V2Error(BaseModel):
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     texts = {
         400: "Malformed request: JSON, tensors, shapes, datatypes, unknown inputs or outputs",
+        401: "A missing or wrong Authorization: Bearer key",
+        403: "The management API is disabled (no admin key configured)",
         404: "Unknown model or version",
         408: "The body did not arrive in time",
         413: "Body, image or image count over its limit",
@@ -71,7 +74,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 _EMPTY: dict[int | str, dict[str, Any]] = {200: {"description": "Yes", "content": {}}}
 _READ = _errors(400, 404, 422)
-_INFER = _errors(400, 404, 408, 413, 422, 429, 500, 503, 504)
+_INFER = _errors(400, 401, 404, 408, 413, 422, 429, 500, 503, 504)
 _TENSOR = {
     "type": "object",
     "required": ["name", "shape", "datatype"],
@@ -412,7 +415,7 @@ async def _infer(request: Request, service: InferenceService, name: str, version
     responses={200: {"description": "Outputs, as JSON or JSON plus binary"}, **_INFER},
     openapi_extra=_INFER_BODY,
 )
-async def infer(request: Request, name: ModelName, service: Service) -> Response:
+async def infer(request: Request, name: ModelName, service: Service, _: ApiKey) -> Response:
     return await _infer(request, service, name, None)
 
 
@@ -422,5 +425,7 @@ async def infer(request: Request, name: ModelName, service: Service) -> Response
     responses={200: {"description": "Outputs, as JSON or JSON plus binary"}, **_INFER},
     openapi_extra=_INFER_BODY,
 )
-async def infer_version(request: Request, name: ModelName, version: VersionPath, service: Service) -> Response:
+async def infer_version(
+    request: Request, name: ModelName, version: VersionPath, service: Service, _: ApiKey
+) -> Response:
     return await _infer(request, service, name, version)
