@@ -86,3 +86,14 @@ def test_locust_recipe(live: ServerThread, tmp_path: Path) -> None:
     assert int(total["Failure Count"]) == 0
     for name in ("predict multipart", "predict raw", "predict base64", "predict batch of 4"):
         assert int(stats[name]["Request Count"]) > 0, name
+
+
+def test_tritonclient_recipe(live: ServerThread, tmp_path: Path) -> None:
+    text = (ROOT / "README.md").read_text()
+    (code,) = re.findall(r"<!-- recipe: tritonclient -->\s*```python\n(.*?)```", text, re.DOTALL)
+    shutil.copyfile(sample_list(1)[0][0], tmp_path / "photo.jpg")
+    script = tmp_path / "recipe.py"
+    script.write_text(code.replace("127.0.0.1:8000", f"127.0.0.1:{live.port}"))
+    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"\[\[b'0\.\d+:0:tench'", result.stdout), result.stdout  # the first sample photo is a tench

@@ -6,7 +6,9 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -142,3 +144,32 @@ def test_dockerfile_and_compose_point_at_real_endpoints(live: ServerThread) -> N
     assert host in compose["services"]
     assert scrape["scrape_configs"][0]["metrics_path"] == "/metrics"
     assert int(port) == 8000
+
+
+def test_kserve_inference_service_is_sound_offline(live: ServerThread, tmp_path: Path) -> None:
+    """No KServe CRD schema is available offline: the container is validated as a core Pod spec by
+    kubernetes-validate --strict, and its probes, port and settings are checked against the app."""
+    isvc = yaml.safe_load((DEPLOY / "kserve" / "inferenceservice.yaml").read_text())
+    assert (isvc["apiVersion"], isvc["kind"]) == ("serving.kserve.io/v1beta1", "InferenceService")
+    predictor = isvc["spec"]["predictor"]
+    container = predictor["containers"][0]
+    assert container["name"] == "kserve-container"  # the name KServe routes to
+    env = {e["name"]: e["value"] for e in container["env"]}
+    fields = {k.removeprefix("PDSERVE_").lower() for k in env}
+    assert fields <= set(Settings.model_fields)
+    assert container["ports"][0]["containerPort"] == int(env["PDSERVE_PORT"])
+    for probe in ("readinessProbe", "livenessProbe"):
+        path = container[probe]["httpGet"]["path"]
+        assert path.startswith("/v2/")
+        assert httpx.get(f"{live.url}{path}").status_code == 200
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "pdserve-predictor"},
+        "spec": {"containers": predictor["containers"], "volumes": predictor["volumes"]},
+    }
+    manifest = tmp_path / "pod.yaml"
+    manifest.write_text(yaml.safe_dump(pod))
+    validator = Path(sys.executable).parent / "kubernetes-validate"
+    checked = subprocess.run([str(validator), "--strict", "--quiet", str(manifest)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
