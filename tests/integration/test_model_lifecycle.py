@@ -194,3 +194,28 @@ def test_polling_loads_a_new_version_folder(tmp_path: Path) -> None:
         wait_until(lambda: list(versions(server)) == [2] and versions(server)[2]["state"] == "READY", 120, "version 2")
         os.unlink(repo / DEFAULT_MODEL / "2")
         wait_until(lambda: list(versions(server)) == [1], 120, "back to version 1")
+
+
+def _tree_rss_mib(pid: int) -> float:
+    from app.pipeline.bench import rss_mib
+
+    # children of every thread: the server runs in a thread of this process, and spawns from it
+    children = {int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()}
+    return rss_mib(pid) + sum(rss_mib(c) for c in children)
+
+
+def test_twenty_unload_load_cycles_do_not_grow_memory(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, {"instances": 1})
+    with running_app(repo, admin_key=KEY) as server:
+        client = triton.InferenceServerClient(f"127.0.0.1:{server.port}", network_timeout=300)
+        client.unload_model(DEFAULT_MODEL, headers=AUTH)
+        client.load_model(DEFAULT_MODEL, headers=AUTH)  # the first cycle warms allocator and imports
+        first = _tree_rss_mib(os.getpid())
+        for _ in range(19):
+            client.unload_model(DEFAULT_MODEL, headers=AUTH)
+            client.load_model(DEFAULT_MODEL, headers=AUTH)
+        assert client.is_model_ready(DEFAULT_MODEL)
+        last = _tree_rss_mib(os.getpid())
+        client.close()
+        print(f"\nserver (this process) and its workers: {first:.0f} MiB after cycle 1, {last:.0f} MiB after 20")
+        assert last < first * 1.05, (first, last)
