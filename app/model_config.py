@@ -71,6 +71,12 @@ class TensorRT(_Section):
 
 class ModelConfig(_Section):
     description: str = ""
+    kind: Literal["image", "tensor"] = Field(
+        "image",
+        description="image: an image classifier fed encoded images (input, preprocessing, output apply). "
+        "tensor: any Paddle inference model, fed named tensors over the v2 protocol; its inputs and outputs "
+        "are read from the model itself.",
+    )
     input: InputSpec = InputSpec()
     preprocessing: Preprocessing = Preprocessing()
     output: Output = Output()
@@ -123,7 +129,9 @@ class ModelConfig(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:
-        if self.preprocessing.crop != self.input.shape[1] or self.preprocessing.crop != self.input.shape[2]:
+        if self.kind == "image" and (
+            self.preprocessing.crop != self.input.shape[1] or self.preprocessing.crop != self.input.shape[2]
+        ):
             raise ValueError(
                 f"preprocessing.crop ({self.preprocessing.crop}) must equal input H and W {self.input.shape}"
             )

@@ -12,8 +12,8 @@ import logging
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import yaml
 
 from app.admission import ModelAdmission
@@ -87,7 +87,7 @@ class ModelVersion:
     state: ModelState = ModelState.PENDING
     error: str | None = None
     pool: WorkerPool | None = field(default=None, repr=False)
-    batcher: DynamicBatcher[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    batcher: DynamicBatcher[Any, Any] | None = field(default=None, repr=False)
     admission: ModelAdmission | None = field(default=None, repr=False)
     stats: VersionStats = field(default_factory=VersionStats, repr=False)
     fingerprint: tuple[object, ...] = ()  # of its files: a load that finds it unchanged keeps it
@@ -176,7 +176,8 @@ class ModelVersion:
             count=lambda reason: admission_total.labels(self.name, reason).inc(),
         )
         observer = _BatchMetrics(metrics, self.name, self.admission, self.stats)
-        self.batcher = DynamicBatcher(pool.infer, policy, observer)
+        run = pool.infer_tensors if self.config.kind == "tensor" else pool.infer
+        self.batcher = DynamicBatcher(run, policy, observer)
         self.batcher.start()
         self.state = ModelState.READY
         log.info("model %s version %d ready (%d instances)", self.name, self.version, self.config.instances)

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import numpy as np
 
@@ -19,7 +20,7 @@ from app.preprocess import load_and_preprocess
 from app.repository import ModelRepository, ModelVersion
 from app.settings import Settings
 
-Batcher = DynamicBatcher[np.ndarray, np.ndarray]
+Batcher = DynamicBatcher[Any, Any]
 
 
 @dataclass(frozen=True)
@@ -97,10 +98,13 @@ class InferenceService:
         joins a batch, so a bad one fails only its own request. At ``deadline`` (``loop.time()``)
         the request gets 504, whether decoding or queued, and its images leave the queue unexecuted.
         """
-        return await self._infer(target, len(images), lambda: self._decode(target, images), deadline)
+        self._check_kind(target, "image")
+        outputs = await self._infer(target, len(images), lambda: self._decode(target, images), deadline)
+        return self._probabilities(target, outputs)
 
     async def infer_tensors(self, target: ModelVersion, batch: np.ndarray, deadline: float) -> list[np.ndarray]:
         """Outputs for already-preprocessed inputs: float32 ``[N, *input.shape]``."""
+        self._check_kind(target, "image")
         expected = tuple(target.config.input.shape)
         if batch.ndim != len(expected) + 1 or tuple(batch.shape[1:]) != expected:
             raise BadRequest(f"input shape {list(batch.shape)} does not match [N, {', '.join(map(str, expected))}]")
@@ -112,15 +116,57 @@ class InferenceService:
         async def rows() -> list[np.ndarray]:
             return list(np.ascontiguousarray(batch))
 
-        return await self._infer(target, len(batch), rows, deadline)
+        outputs = await self._infer(target, len(batch), rows, deadline)
+        return self._probabilities(target, outputs)
+
+    async def infer_feeds(
+        self, target: ModelVersion, feeds: dict[str, np.ndarray], deadline: float
+    ) -> dict[str, np.ndarray]:
+        """A tensor model: named inputs in (checked against the model's own signature), every output out."""
+        self._check_kind(target, "tensor")
+        assert target.pool is not None
+        signature = target.pool.signature
+        assert signature is not None
+        wanted = {s.name: s for s in signature.inputs}
+        unknown, missing = sorted(set(feeds) - set(wanted)), sorted(set(wanted) - set(feeds))
+        if unknown or missing:
+            raise BadRequest(
+                f"model {target.name!r} takes inputs {sorted(wanted)}; unknown {unknown}, missing {missing}"
+            )
+        for name, array in feeds.items():
+            spec = wanted[name]
+            if array.dtype != np.dtype(spec.dtype):
+                raise BadRequest(f"input {name!r} is {array.dtype}, the model takes {spec.dtype}")
+            fits = len(array.shape) == len(spec.shape)
+            if not fits or any(d not in (-1, a) for d, a in zip(spec.shape, array.shape, strict=True)):
+                raise BadRequest(f"input {name!r} has shape {list(array.shape)}, the model takes {list(spec.shape)}")
+
+        async def one() -> list[dict[str, np.ndarray]]:
+            return [feeds]
+
+        (outputs,) = await self._infer(target, 1, one, deadline)
+        return dict(outputs)
+
+    @staticmethod
+    def _check_kind(target: ModelVersion, kind: str) -> None:
+        if target.config.kind != kind:
+            if kind == "image":
+                raise BadRequest(f"model {target.name!r} takes tensors: use POST /v2/models/{target.name}/infer")
+            raise BadRequest(f"model {target.name!r} is an image model")
+
+    @staticmethod
+    def _probabilities(target: ModelVersion, outputs: list[np.ndarray]) -> list[np.ndarray]:
+        if not target.config.output.softmax_applied:
+            return [_softmax(o) for o in outputs]
+        return outputs
 
     async def _infer(
         self,
         target: ModelVersion,
         count: int,
-        prepare: Callable[[], Awaitable[list[np.ndarray]]],
+        prepare: Callable[[], Awaitable[list[Any]]],
         deadline: float,
-    ) -> list[np.ndarray]:
+    ) -> list[Any]:
         admission, batcher = target.admission, target.batcher
         assert admission is not None
         assert batcher is not None
@@ -142,8 +188,6 @@ class InferenceService:
             raise RequestTimeout(f"no result within the request's deadline (it expired while {stage})") from None
         finally:
             target.stats.request_done(loop.time() - started, ok)
-        if not target.config.output.softmax_applied:
-            outputs = [_softmax(o) for o in outputs]
         return outputs
 
     async def predict(self, target: ModelVersion, images: list[bytes], k: int, deadline: float) -> PredictResult:
@@ -152,7 +196,7 @@ class InferenceService:
         return PredictResult(target.name, target.version, [top_k(o, k, target.labels) for o in outputs])
 
     @staticmethod
-    async def _submit_all(batcher: Batcher, inputs: list[np.ndarray], deadline: float) -> list[np.ndarray]:
+    async def _submit_all(batcher: Batcher, inputs: list[Any], deadline: float) -> list[Any]:
         tasks = [asyncio.ensure_future(batcher.submit(x, deadline)) for x in inputs]
         try:
             return list(await asyncio.gather(*tasks))

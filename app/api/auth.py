@@ -14,7 +14,11 @@ from app.errors import Forbidden, Unauthorized
 from app.settings import Settings
 
 _PID = re.compile(r"\s*\bpid \d+")
-_PATH = re.compile(r"(?<![\w.])/(?:[\w.@+-]+/)+([\w.@+-]+)")  # an absolute path: keep its last part
+# An absolute file-system path (not an API route such as /v2/models/m/infer): keep its last part.
+_PATH = re.compile(
+    r"(?<![\w.])/(?:tmp|home|root|usr|opt|var|srv|etc|mnt|data|models|work|proc|dev|lib|run|media|app)/"
+    r"(?:[\w.@+-]+/)*([\w.@+-]+)"
+)
 
 
 def _bearer(request: Request) -> str | None:

@@ -50,7 +50,10 @@ def model_info(entry: ModelEntry) -> ModelInfo:
             "timeout_ms": c.timeout_ms,
             "compute_timeout_ms": c.compute_timeout_ms,
             "required": c.required,
-            "input": InputInfo(name=c.input.name, shape=list(c.input.shape), dtype=c.input.dtype),
+            "kind": c.kind,
+            "input": InputInfo(name=c.input.name, shape=list(c.input.shape), dtype=c.input.dtype)
+            if c.kind == "image"
+            else None,
             "random_weights": c.random_weights,
         }
     )

@@ -77,6 +77,7 @@ class ModelInfo(BaseModel):
     timeout_ms: int | None = None
     compute_timeout_ms: int | None = None
     required: bool | None = None
+    kind: str | None = Field(None, description="image, or tensor (inputs and outputs at /v2/models/{name})")
     input: InputInfo | None = None
     random_weights: bool | None = None
 

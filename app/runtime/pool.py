@@ -11,19 +11,31 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from app.errors import ModelUnavailable, ShuttingDown
 from app.model_config import ModelConfig
-from app.runtime.process import ProcessWorker, WorkerOptions
+from app.runtime.process import ProcessWorker, WorkerHandle, WorkerOptions
 from app.runtime.supervisor import SERVING, Instance, InstanceState, Launcher, RestartPolicy
+from app.runtime.tensor_model import Signature
 
 # A batch may take this many times the slowest warm-up batch before its worker counts as hung,
 # and never less than the floor: warm-up ran on an idle machine, a loaded one is slower.
 COMPUTE_TIMEOUT_FACTOR = 20.0
 COMPUTE_TIMEOUT_FLOOR_S = 5.0
+TENSOR_COMPUTE_TIMEOUT_S = 60.0  # tensor models have shapes only requests know: no warm-up to measure
+
+
+async def _run_tensors(worker: WorkerHandle, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
+    return await worker.run_tensors(feeds)
+
+
+def _stackable(requests: Sequence[dict[str, np.ndarray]]) -> bool:
+    first = requests[0]
+    return all(r.keys() == first.keys() and all(r[n].shape[1:] == first[n].shape[1:] for n in first) for r in requests)
 
 
 class PoolObserver:
@@ -68,6 +80,8 @@ class WorkerPool:
         self._alive = 0
         self.compute_timeout_s = (config.compute_timeout_ms or 0) / 1000 or None
         self.output_shape: tuple[int, ...] = ()  # one image's output, known once started
+        self.signature: Signature | None = None  # a tensor model's inputs and outputs, once started
+        self._batchable = True
 
     # ---- state -----------------------------------------------------------------------------
     @property
@@ -102,9 +116,14 @@ class WorkerPool:
             raise
         first = self.instances[0].worker
         self.output_shape = first.output_shape if first is not None else ()
+        self.signature = first.signature if first is not None else None
+        self._batchable = self.signature.batchable if self.signature is not None else True
         if self.compute_timeout_s is None:
-            slowest = max(i.slowest_warmup_s for i in self.instances)
-            self.compute_timeout_s = max(COMPUTE_TIMEOUT_FLOOR_S, COMPUTE_TIMEOUT_FACTOR * slowest)
+            if self.signature is not None:  # a tensor model is not warmed up: nothing to derive from
+                self.compute_timeout_s = TENSOR_COMPUTE_TIMEOUT_S
+            else:
+                slowest = max(i.slowest_warmup_s for i in self.instances)
+                self.compute_timeout_s = max(COMPUTE_TIMEOUT_FLOOR_S, COMPUTE_TIMEOUT_FACTOR * slowest)
 
     async def stop(self) -> None:
         """Stop every worker (after its running batch) and free shared memory."""
@@ -137,6 +156,30 @@ class WorkerPool:
         inst = await self._acquire()
         size = self.padded(len(batch))
         assert self.compute_timeout_s is not None, "start() first"
-        outputs, compute = await inst.run(batch, size, self.compute_timeout_s)
+        outputs, compute = await inst.run(lambda worker: worker.run(batch, size), self.compute_timeout_s)
         self._observer.computed(compute, len(batch), size)
         return outputs
+
+    async def infer_tensors(self, requests: Sequence[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        """Run tensor-model requests on one idle instance: stacked along the first dimension when the
+        signature and the shapes allow it and the outputs come back one row per input row; else one
+        request after the other."""
+        inst = await self._acquire()
+        assert self.compute_timeout_s is not None, "start() first"
+        timeout = self.compute_timeout_s
+        rows = [len(next(iter(r.values()))) for r in requests]
+        if len(requests) > 1 and self._batchable and _stackable(requests):
+            feeds = {name: np.concatenate([r[name] for r in requests]) for name in requests[0]}
+            outputs, compute = await inst.run(partial(_run_tensors, feeds=feeds), timeout)
+            self._observer.computed(compute, sum(rows), sum(rows))
+            if all(len(o) == sum(rows) for o in outputs.values()):
+                bounds = np.cumsum(rows)[:-1]
+                pieces = {name: np.split(o, bounds) for name, o in outputs.items()}
+                return [{name: parts[i] for name, parts in pieces.items()} for i in range(len(requests))]
+            self._batchable = False  # e.g. a detector's boxes of all images in one list: never stack again
+        results = []
+        for request in requests:
+            outputs, compute = await inst.run(partial(_run_tensors, feeds=request), timeout)
+            self._observer.computed(compute, 1, 1)
+            results.append(outputs)
+        return results

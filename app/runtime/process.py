@@ -25,6 +25,7 @@ import numpy as np
 
 from app.errors import InferenceFailed, ModelLoadError, PdserveError
 from app.model_config import ModelConfig
+from app.runtime.tensor_model import Signature, tensor_worker_main
 from app.runtime.transport import BatchBuffers
 from app.runtime.worker import WorkerSpec, worker_main
 from app.settings import WORKER_STOP_S
@@ -85,6 +86,15 @@ class WorkerHandle(Protocol):
         Raises ``InferenceFailed`` (the predictor raised) or ``WorkerExited``."""
         ...
 
+    async def run_tensors(self, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
+        """Tensor models: run named inputs; return every output by name, and the compute seconds."""
+        ...
+
+    @property
+    def signature(self) -> Signature | None:
+        """Tensor models: inputs and outputs, known once ready."""
+        ...
+
     def kill(self) -> None: ...
 
     async def stop(self, timeout_s: float) -> None:
@@ -98,26 +108,33 @@ class ProcessWorker:
     def __init__(self, model: str, version_dir: Path, config: ModelConfig, index: int, nice: int = 0) -> None:
         self._model = model
         self._loop = asyncio.get_running_loop()
-        batch_sizes = config.padded_batch_sizes
-        self._buffers = BatchBuffers(max(batch_sizes), tuple(config.input.shape))
+        tensors = config.kind == "tensor"
+        # Image models: fixed-shape batches through shared memory. Tensor models: through the pipe.
+        self._buffers = None if tensors else BatchBuffers(max(config.padded_batch_sizes), tuple(config.input.shape))
         try:
             parent_conn, child_conn = _CTX.Pipe()
-            spec = WorkerSpec(model, version_dir, config, self._buffers.input_shm.name, nice)
+            shm_name = self._buffers.input_shm.name if self._buffers is not None else ""
+            spec = WorkerSpec(model, version_dir, config, shm_name, nice)
             self._process: BaseProcess = _CTX.Process(
-                target=worker_main, args=(spec, child_conn), name=f"pdserve-{model}-{index}", daemon=True
+                target=tensor_worker_main if tensors else worker_main,
+                args=(spec, child_conn),
+                name=f"pdserve-{model}-{index}",
+                daemon=True,
             )
             self._process.start()
         except BaseException:
-            self._buffers.close()
+            if self._buffers is not None:
+                self._buffers.close()
             raise
         child_conn.close()
         self._conn: Connection | None = parent_conn
         self._pid: int | None = self._process.pid
         self._ready: asyncio.Future[float] = self._loop.create_future()
         self._exited: asyncio.Future[int | None] = self._loop.create_future()
-        self._pending: tuple[int, asyncio.Future[float]] | None = None
+        self._pending: tuple[int, asyncio.Future[tuple[Any, ...]]] | None = None
         self._batch_ids = itertools.count()
         self._output_shape: tuple[int, ...] = ()
+        self.signature: Signature | None = None  # tensor models: inputs and outputs, once ready
         self._loop.add_reader(parent_conn.fileno(), self._on_message)
         self._loop.add_reader(self._process.sentinel, self._on_exit)
 
@@ -136,23 +153,30 @@ class ProcessWorker:
     async def ready(self) -> float:
         return await asyncio.shield(self._ready)
 
-    async def run(self, batch: Sequence[np.ndarray], size: int) -> tuple[list[np.ndarray], float]:
+    async def _call(self, payload: object) -> tuple[Any, ...]:
         if self._exited.done() or self._conn is None:
-            raise WorkerExited(
-                f"worker pid {self._pid} is gone", self._exited.result() if self._exited.done() else None
-            )
+            code = self._exited.result() if self._exited.done() else None
+            raise WorkerExited(f"worker pid {self._pid} is gone", code)
         assert self._pending is None, "one batch at a time"
-        self._buffers.write(batch, size)
         batch_id = next(self._batch_ids)
-        future: asyncio.Future[float] = self._loop.create_future()
+        future: asyncio.Future[tuple[Any, ...]] = self._loop.create_future()
         self._pending = (batch_id, future)
         try:
             with contextlib.suppress(OSError):  # a dead worker: the sentinel callback fails the future
-                self._conn.send(("run", batch_id, size))
-            compute = await future
+                self._conn.send(("run", batch_id, payload))
+            return await future
         finally:
             self._pending = None
+
+    async def run(self, batch: Sequence[np.ndarray], size: int) -> tuple[list[np.ndarray], float]:
+        assert self._buffers is not None, "an image model's batch"
+        self._buffers.write(batch, size)
+        (compute,) = await self._call(size)
         return self._buffers.read(len(batch)), compute
+
+    async def run_tensors(self, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
+        compute, outputs = await self._call(feeds)
+        return outputs, compute
 
     def kill(self) -> None:
         if not self._exited.done():
@@ -169,7 +193,8 @@ class ProcessWorker:
             self.kill()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._exited), STOP_TIMEOUT_S)
-        self._buffers.close()
+        if self._buffers is not None:
+            self._buffers.close()
 
     # ---- event-loop callbacks ---------------------------------------------------------------
     def _on_message(self) -> None:
@@ -191,11 +216,13 @@ class ProcessWorker:
     def _handle(self, msg: tuple[Any, ...]) -> None:
         kind = msg[0]
         if kind == "ready":
-            _, out_shape, pid, slowest = msg
+            _, out_shape, pid, slowest, *signature = msg
             self._pid = pid
             self._output_shape = tuple(out_shape)
+            self.signature = signature[0] if signature else None
             assert self._conn is not None
-            self._conn.send(("output", self._buffers.attach_output(tuple(out_shape))))
+            if self._buffers is not None:
+                self._conn.send(("output", self._buffers.attach_output(tuple(out_shape))))
             if not self._ready.done():
                 self._ready.set_result(float(slowest))
         elif kind == "load_failed":
@@ -206,7 +233,7 @@ class ProcessWorker:
             if future.done():
                 return
             if kind == "done":
-                future.set_result(msg[2])
+                future.set_result(tuple(msg[2:]))
             else:
                 future.set_exception(InferenceFailed(f"model {self._model!r}: {msg[2]}"))
 

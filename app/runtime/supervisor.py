@@ -18,16 +18,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-
-import numpy as np
+from typing import TypeVar
 
 from app.errors import InferenceFailed, ModelLoadError, WorkerDied, WorkerHung
 from app.runtime.process import STOP_TIMEOUT_S, WorkerExited, WorkerHandle, describe_exit
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class InstanceState(StrEnum):
@@ -149,13 +149,14 @@ class Instance:
         worker.exited.add_done_callback(lambda _: self._on_worker_exit(worker))
 
     # ---- running ---------------------------------------------------------------------------
-    async def run(self, batch: Sequence[np.ndarray], size: int, timeout_s: float) -> tuple[list[np.ndarray], float]:
-        """Run one batch; a worker past ``timeout_s`` is killed and its callers get ``WorkerHung``."""
+    async def run(self, call: Callable[[WorkerHandle], Awaitable[T]], timeout_s: float) -> T:
+        """Run one batch, ``call(worker)``; a worker past ``timeout_s`` is killed and its callers get
+        ``WorkerHung``."""
         self._move("dispatch")
         worker = self.worker
         assert worker is not None
         try:
-            result = await asyncio.wait_for(worker.run(batch, size), timeout_s)
+            result = await asyncio.wait_for(call(worker), timeout_s)
         except TimeoutError:
             worker.kill()  # SIGKILL works on a stopped or deadlocked process
             self._retire(worker, "hung", f"worker pid {worker.pid} hung: no result within {timeout_s:.1f}s, killed")

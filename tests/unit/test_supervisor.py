@@ -52,6 +52,11 @@ class FakeWorker:
     def output_shape(self) -> tuple[int, ...]:
         return (2,)
 
+    signature = None
+
+    async def run_tensors(self, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
+        raise NotImplementedError
+
     async def ready(self) -> float:
         return await asyncio.shield(self._ready)
 
@@ -141,12 +146,12 @@ async def test_a_hung_batch_is_killed_answered_and_replaced() -> None:
     first = launch.workers[0]
     first.behaviour = "hang"
     with pytest.raises(WorkerHung, match=r"did not finish this batch within 0\.1s"):
-        await inst.run(BATCH, 1, timeout_s=0.05)
+        await inst.run(lambda w: w.run(BATCH, 1), timeout_s=0.05)
     assert first.exited.result() == -9  # killed: SIGKILL also ends a SIGSTOPped process
     await until(lambda: inst.state is InstanceState.READY, "the replacement to be ready")
     assert inst.restarts == 1
     assert inst.pid != first.pid
-    outputs, _ = await inst.run(BATCH, 1, timeout_s=1)
+    outputs, _ = await inst.run(lambda w: w.run(BATCH, 1), timeout_s=1)
     assert outputs[0].tolist() == [2, 2]
     assert states[:4] == [InstanceState.READY, InstanceState.BUSY, InstanceState.BACKOFF, InstanceState.STARTING]
 
@@ -157,7 +162,7 @@ async def test_a_crash_mid_batch_fails_that_batch_and_restarts() -> None:
     await inst.start()
     launch.workers[0].behaviour = "crash"
     with pytest.raises(WorkerDied, match="exited with -11 running this batch"):
-        await inst.run(BATCH, 1, timeout_s=1)
+        await inst.run(lambda w: w.run(BATCH, 1), timeout_s=1)
     await until(lambda: inst.state is InstanceState.READY, "the restart")
     assert inst.restarts == 1
     assert launch.workers[0].stopped  # the dead worker's resources were released

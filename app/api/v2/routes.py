@@ -25,6 +25,7 @@ from app.api.deps import Service
 from app.api.health import readiness
 from app.api.inputs import BodyLimits, read_body
 from app.api.v2.tensors import (
+    DATATYPES,
     HEADER_LENGTH,
     InferRequest,
     InputTensor,
@@ -37,6 +38,7 @@ from app.api.v2.tensors import (
 )
 from app.errors import BadRequest, ModelNotFound
 from app.repository import ModelEntry, ModelVersion
+from app.runtime.tensor_model import Signature, TensorSpec
 from app.service import InferenceService, top_k
 
 router = APIRouter(prefix="/v2", tags=["v2 (KServe / Open Inference Protocol)"])
@@ -165,6 +167,26 @@ async def ready(service: Service) -> Response:
 # ---- models ------------------------------------------------------------------------------------
 
 
+def _v2_type(dtype: str) -> str:
+    return next(k for k, v in DATATYPES.items() if v == np.dtype(dtype))
+
+
+def _signature(target: ModelVersion | None) -> Signature | None:
+    return target.pool.signature if target is not None and target.pool is not None else None
+
+
+def _tensor_io(target: ModelVersion | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A tensor model's inputs and outputs as the model itself declares them (-1: any size)."""
+    signature = _signature(target)
+    if signature is None:
+        return [], []
+
+    def doc(spec: TensorSpec) -> dict[str, Any]:
+        return {"name": spec.name, "datatype": _v2_type(spec.dtype), "shape": list(spec.shape)}
+
+    return [doc(s) for s in signature.inputs], [doc(s) for s in signature.outputs]
+
+
 def _metadata(service: InferenceService, name: str, version: str | None) -> dict[str, Any]:
     entry = _entry(service, name)
     config = entry.config
@@ -174,6 +196,10 @@ def _metadata(service: InferenceService, name: str, version: str | None) -> dict
     if v is not None and v not in entry.versions:
         raise ModelNotFound(f"model {name!r} has no version {v}")
     target = entry.versions[v] if v is not None else entry.latest
+    if config.kind == "tensor":
+        inputs, outputs = _tensor_io(target)
+        versions = [str(x) for x in sorted(entry.versions)]
+        return {"name": name, "versions": versions, "platform": PLATFORM, "inputs": inputs, "outputs": outputs}
     classes = list(target.pool.output_shape) if target is not None and target.pool is not None else [-1]
     return {
         "name": name,
@@ -245,16 +271,23 @@ def _config(service: InferenceService, name: str) -> dict[str, Any]:
         raise ModelNotFound(f"model {name!r} could not be read: {entry.error}")
     latest = entry.latest
     classes = list(latest.pool.output_shape) if latest is not None and latest.pool is not None else [-1]
+    if c.kind == "tensor":
+        ins, outs = _tensor_io(latest)
+        config_inputs = [{"name": t["name"], "data_type": "TYPE_" + t["datatype"], "dims": t["shape"]} for t in ins]
+        config_outputs = [{"name": t["name"], "data_type": "TYPE_" + t["datatype"], "dims": t["shape"]} for t in outs]
+    else:
+        config_inputs = [
+            {"name": IMAGE_INPUT, "data_type": "TYPE_STRING", "dims": [1]},
+            {"name": c.input.name, "data_type": "TYPE_FP32", "dims": list(c.input.shape)},
+        ]
+        config_outputs = [{"name": PROBABILITIES, "data_type": "TYPE_FP32", "dims": classes}]
     return {
         "name": name,
         "platform": PLATFORM,
         "backend": "paddle",
         "max_batch_size": c.max_batch_size,
-        "input": [
-            {"name": IMAGE_INPUT, "data_type": "TYPE_STRING", "dims": [1]},
-            {"name": c.input.name, "data_type": "TYPE_FP32", "dims": list(c.input.shape)},
-        ],
-        "output": [{"name": PROBABILITIES, "data_type": "TYPE_FP32", "dims": classes}],
+        "input": config_inputs,
+        "output": config_outputs,
         "dynamic_batching": {
             "preferred_batch_size": list(c.padded_batch_sizes),
             "max_queue_delay_microseconds": int(c.max_queue_delay_ms * 1000),
@@ -385,6 +418,40 @@ def _outputs(target: ModelVersion, request: InferRequest, probs: np.ndarray) -> 
     return result
 
 
+async def _run_tensor_model(
+    service: InferenceService, target: ModelVersion, request: InferRequest, deadline: float
+) -> list[OutputTensor]:
+    feeds = {}
+    for tensor in request.inputs:
+        if tensor.array is None:
+            raise BadRequest(f"input {tensor.name!r}: BYTES inputs are not served for tensor models")
+        if tensor.name in feeds:
+            raise BadRequest(f"input {tensor.name!r} is given twice")
+        feeds[tensor.name] = tensor.array
+    outputs = await service.infer_feeds(target, feeds, deadline)
+    wanted = request.outputs or [RequestedOutput(n) for n in outputs]
+    result = []
+    for want in wanted:
+        if want.name not in outputs:
+            raise BadRequest(f"unknown output {want.name!r}; model {target.name!r} has {sorted(outputs)}")
+        if want.classification is not None:
+            raise BadRequest("parameters.classification applies to image models only")
+        array = outputs[want.name]
+        binary = request.binary_output if want.binary is None else want.binary
+        result.append(
+            OutputTensor(want.name, _v2_type(array.dtype.name), list(array.shape), array=array, binary=binary)
+        )
+    return result
+
+
+async def _outputs_for(
+    service: InferenceService, target: ModelVersion, request: InferRequest, deadline: float
+) -> list[OutputTensor]:
+    if target.config.kind == "tensor":
+        return await _run_tensor_model(service, target, request, deadline)
+    return _outputs(target, request, await _run(service, target, request, deadline))
+
+
 async def _infer(request: Request, service: InferenceService, name: str, version: str | None) -> Response:
     settings = service.settings
     with Accounted(service) as accounted:
@@ -397,8 +464,8 @@ async def _infer(request: Request, service: InferenceService, name: str, version
         body = decompress(body, request.headers.get("content-encoding"), settings.max_body_bytes)
         infer = parse_request(body, request.headers.get(HEADER_LENGTH))
         deadline = _deadline(service, target, infer)
-        probs = await unless_disconnected(request, _run(service, target, infer, deadline))
-        payload, header_length = encode_response(target.name, target.version, infer.id, _outputs(target, infer, probs))
+        outputs = await unless_disconnected(request, _outputs_for(service, target, infer, deadline))
+        payload, header_length = encode_response(target.name, target.version, infer.id, outputs)
         headers: dict[str, str] = {}
         if header_length is not None:
             headers["Inference-Header-Content-Length"] = str(header_length)
