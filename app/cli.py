@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except PdserveError as exc:
         print(f"pdserve {args.command}: error: {exc.message}", file=sys.stderr)
-        return 2
+        return int(getattr(exc, "exit_code", 2))
     return 0
 
 

@@ -44,6 +44,17 @@ def sample_list(limit: int | None = None) -> list[tuple[Path, int]]:
     return rows[:limit]
 
 
+def sample_split(name: str) -> list[tuple[Path, int]]:
+    """One of the committed disjoint lists, data/imagenet-sample-{calibration,selection,report}.txt."""
+    root = sample_dir()
+    rows = []
+    for line in (ROOT / "data" / f"imagenet-sample-{name}.txt").read_text().splitlines():
+        if line.strip():
+            rel, label = line.split()
+            rows.append((root / rel, int(label)))
+    return rows
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

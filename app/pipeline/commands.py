@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from app.pipeline.dataset import PipelineError, Sample, read_folder, read_label_list, select
+from app.pipeline.dataset import GateFailed, PipelineError, Sample, read_folder, read_label_list, select
 
 # paddle.jit.save and PTQ need the legacy program format, chosen when Paddle is first imported.
 LEGACY_FORMAT_COMMANDS = {"export", "quantize"}
@@ -83,14 +83,29 @@ def _quantize(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from app.pipeline.evaluate import LocalModel, as_json, evaluate, format_table
+    from app.pipeline.evaluate import LocalModel, as_json, check_calibration_overlap, evaluate, format_table
 
-    models = [LocalModel.open(p, cpu_threads=args.threads) for p in args.models]
+    paths = ([args.baseline] if args.baseline else []) + list(args.models)
+    models = [LocalModel.open(p, cpu_threads=args.threads) for p in paths]
+    if args.max_drop is not None and len(models) < 2:
+        raise PipelineError("--max-drop compares models with a baseline: give --baseline and --models")
     if args.data_file:
         results = evaluate(models, data_file=args.data_file, batch_size=args.batch_size)
     else:
-        results = evaluate(models, samples=_samples(args), batch_size=args.batch_size)
+        samples = _samples(args)
+        for warning in check_calibration_overlap(models, samples, args.strict):
+            print(f"pdserve evaluate: WARNING: {warning}", file=sys.stderr)
+        results = evaluate(models, samples=samples, batch_size=args.batch_size)
     _emit(args, as_json(results), format_table(results))
+    if args.max_drop is not None:
+        base = results[0]
+        for r in results[1:]:
+            drop = r.drop_points(base)
+            if drop > args.max_drop:
+                raise GateFailed(
+                    f"{r.model} top-1 {r.top1:.1%} is {drop:.1f} points below {base.model} ({base.top1:.1%}) on "
+                    f"{r.images} images (+{r.gained}/-{r.lost} flips); --max-drop {args.max_drop:g}"
+                )
 
 
 def _preprocess(args: argparse.Namespace) -> None:
@@ -184,6 +199,13 @@ def register(sub: Any) -> None:
 
     p = add("evaluate", _evaluate, "top-1/top-5 and throughput of models side by side")
     p.add_argument("--models", type=Path, nargs="+", required=True, help="model folders; the first is the reference")
+    p.add_argument("--baseline", type=Path, help="the reference model (e.g. FP32), evaluated first")
+    p.add_argument(
+        "--max-drop",
+        type=float,
+        help="fail (exit 1) when a model's top-1 is more than this many points below the baseline's",
+    )
+    p.add_argument("--strict", action="store_true", help="refuse (exit 2) when evaluation images calibrated a model")
     _data_args(p, folder=False)
     p.add_argument("--data-file", type=Path, help="a binary file from 'pdserve preprocess' instead of images")
     p.add_argument("--batch-size", type=int, default=8)

@@ -25,6 +25,13 @@ class PipelineError(PdserveError):
     """A user error in an offline command: a clear message and exit code 2."""
 
     code = "pipeline_error"
+    exit_code = 2
+
+
+class GateFailed(PipelineError):
+    """A quality gate said no (``evaluate --max-drop``): exit code 1, as a failed check."""
+
+    exit_code = 1
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,12 @@ class Evaluation:
     top5: float
     images_per_s: float  # predictor.run() only, at the evaluation batch size
     agreement: float | None  # top-1 agreement with the first model
+    gained: int | None = None  # images the first model got wrong and this one right (top-1)
+    lost: int | None = None  # images the first model got right and this one wrong
+    calibration_overlap: int = 0  # evaluation images that calibrated this model
+
+    def drop_points(self, baseline: Evaluation) -> float:
+        return (baseline.top1 - self.top1) * 100
 
 
 def _run(model: LocalModel, images: np.ndarray, batch_size: int) -> tuple[np.ndarray, float]:
@@ -96,6 +102,7 @@ def evaluate(
 
     results: list[Evaluation] = []
     first_top1: np.ndarray | None = None
+    first_right: np.ndarray | None = None
     for model in models:
         if data_file is None:
             assert samples is not None
@@ -106,9 +113,12 @@ def evaluate(
         probs, rate = _run(model, images, batch_size)
         top5 = np.argsort(-probs, axis=1)[:, :5]
         top1 = top5[:, 0]
+        right = top1 == labels
         agreement = None if first_top1 is None else float((top1 == first_top1).mean())
+        gained = None if first_right is None else int((right & ~first_right).sum())
+        lost = None if first_right is None else int((first_right & ~right).sum())
         if first_top1 is None:
-            first_top1 = top1
+            first_top1, first_right = top1, right
         results.append(
             Evaluation(
                 model=model.name,
@@ -119,19 +129,59 @@ def evaluate(
                 top5=float((top5 == labels[:, None]).any(axis=1).mean()),
                 images_per_s=rate,
                 agreement=agreement,
+                gained=gained,
+                lost=lost,
+                calibration_overlap=len(calibration_overlap(model, samples)) if samples is not None else 0,
             )
         )
     return results
 
 
+def calibration_images(model: LocalModel) -> set[str]:
+    """File names of the images that calibrated a quantized model (empty if unknown or not quantized)."""
+    record = model.config.calibration or {}
+    listed = model.path / str(record.get("image_list", "calibration_images.txt"))
+    if listed.is_file():
+        return {line.split()[0].rsplit("/", 1)[-1] for line in listed.read_text().splitlines() if line.strip()}
+    source = Path(str(record.get("source", "")))
+    if record and source.is_file():  # older models: the list they were calibrated from
+        lines = [line for line in source.read_text().splitlines() if line.strip()][: int(record.get("images", 0))]
+        return {line.split()[0].rsplit("/", 1)[-1] for line in lines}
+    return set()
+
+
+def calibration_overlap(model: LocalModel, samples: list[Sample]) -> list[str]:
+    used = calibration_images(model)
+    return [s.path.name for s in samples if s.path.name in used]
+
+
+def check_calibration_overlap(models: list[LocalModel], samples: list[Sample], strict: bool) -> list[str]:
+    """Warnings (or, strict, an error) for evaluation images that calibrated a model."""
+    warnings = []
+    for model in models:
+        overlap = calibration_overlap(model, samples)
+        if overlap:
+            warnings.append(
+                f"{len(overlap)} of {len(samples)} evaluation images calibrated {model.name} (e.g. {overlap[0]}): "
+                "accuracy on them is not a measurement; evaluate on images kept apart "
+                "(data/imagenet-sample-report.txt)"
+            )
+    if warnings and strict:
+        raise PipelineError(warnings[0] + " (--strict)")
+    return warnings
+
+
 def format_table(results: list[Evaluation]) -> str:
-    lines = [f"{'model':<32} {'ver':>3} {'prec':>5} {'images':>6} {'top-1':>7} {'top-5':>7} {'img/s':>7} {'agree':>7}"]
+    head = ("model", "ver", "prec", "images", "top-1", "top-5", "img/s", "agree", "+/-")
+    lines = [f"{head[0]:<32} " + " ".join(f"{h:>7}" for h in head[1:])]
     for r in results:
         agree = "-" if r.agreement is None else f"{r.agreement:.1%}"
+        flips = "-" if r.gained is None else f"+{r.gained}/-{r.lost}"
         lines.append(
-            f"{r.model:<32} {r.version:>3} {r.precision:>5} {r.images:>6} {r.top1:>7.1%} {r.top5:>7.1%}"
-            f" {r.images_per_s:>7.1f} {agree:>7}"
+            f"{r.model:<32} {r.version:>7} {r.precision:>7} {r.images:>7} {r.top1:>7.1%} {r.top5:>7.1%}"
+            f" {r.images_per_s:>7.1f} {agree:>7} {flips:>7}"
         )
+    lines.append("+/-: images the first model got wrong and this one right / right and this one wrong (top-1)")
     return "\n".join(lines)
 
 

@@ -89,6 +89,9 @@ def _versions() -> dict[str, str]:
     }
 
 
+CALIBRATION_IMAGES = "calibration_images.txt"
+
+
 def quantize_repository_model(
     model_dir: Path,
     output: Path,
@@ -156,6 +159,7 @@ def quantize_repository_model(
         "weight_quantize_type": weight_quantize_type,
         "onnx_format": onnx_format,
         "source": source,
+        "image_list": CALIBRATION_IMAGES,
         "from_model": f"{model_dir.name}/{src_version}",
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "seconds": round(seconds, 1),
@@ -169,6 +173,8 @@ def quantize_repository_model(
             calibration=record,
         )
         write_config(output, doc)
+        # Exactly which images calibrated it, so that evaluate can refuse to measure on them.
+        (output / CALIBRATION_IMAGES).write_text("".join(f"{s.path.name} {s.label}\n" for s in used))
         if config.labels:
             shutil.copyfile(model_dir / config.labels, output / config.labels)
     return {"model_dir": str(output), "version": out_version, **record}

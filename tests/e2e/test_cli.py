@@ -212,3 +212,49 @@ def test_export_the_pretrained_efficientnet_importer(small_list: Path, tmp_path:
     shipped, exported = json.loads(table.stdout)
     assert exported["top1"] == shipped["top1"] >= 0.75
     assert exported["agreement"] == 1.0
+
+
+def test_the_three_sample_lists_are_disjoint_and_cover_the_sample() -> None:
+    lists = {
+        name: (ROOT / "data" / f"imagenet-sample-{name}.txt").read_text().split("\n")
+        for name in ("calibration", "selection", "report")
+    }
+    sets = {name: {line for line in lines if line} for name, lines in lists.items()}
+    assert [len(s) for s in sets.values()] == [200, 150, 150]
+    assert not sets["calibration"] & sets["selection"]
+    assert not sets["calibration"] & sets["report"]
+    assert not sets["selection"] & sets["report"]
+    every = {line for line in (sample_dir() / "val_list.txt").read_text().splitlines() if line}
+    assert set().union(*sets.values()) == every
+
+
+def test_evaluate_warns_and_strict_refuses_on_calibration_images() -> None:
+    int8 = MODEL_REPO / f"{DEFAULT_MODEL}_int8"
+    data = ("--data-root", sample_dir(), "--limit", "4")
+    calib = ROOT / "data" / "imagenet-sample-calibration.txt"
+    warned = pdserve("evaluate", "--models", int8, "--label-list", calib, *data)
+    assert f"WARNING: 4 of 4 evaluation images calibrated {DEFAULT_MODEL}_int8" in warned.stderr
+    refused = pdserve("evaluate", "--models", int8, "--label-list", calib, *data, "--strict", ok=False)
+    assert refused.returncode == 2
+    assert "not a measurement" in refused.stderr
+    report = ROOT / "data" / "imagenet-sample-report.txt"
+    clean = pdserve("evaluate", "--models", int8, "--label-list", report, *data, "--strict")
+    assert "WARNING" not in clean.stderr
+
+
+def test_the_max_drop_gate(exported: Path) -> None:
+    report = ("--label-list", ROOT / "data" / "imagenet-sample-report.txt", "--data-root", sample_dir())
+    fp32 = MODEL_REPO / DEFAULT_MODEL
+    passed = pdserve(
+        "evaluate", "--baseline", fp32, "--models", fp32, *report, "--limit", "8", "--max-drop", "0", "--json"
+    )
+    rows = json.loads(passed.stdout)
+    assert rows[1]["gained"] == rows[1]["lost"] == 0  # a model against itself: no flips
+    # random weights against the trained model: a drop far past half a point, and a one-line reason
+    failed = pdserve(
+        "evaluate", "--baseline", fp32, "--models", exported, *report, "--limit", "8", "--max-drop", "0.5", ok=False
+    )
+    assert failed.returncode == 1
+    reason = failed.stderr.strip().splitlines()[-1]
+    assert reason.startswith("pdserve evaluate: error: mobilenet_v3_small top-1")
+    assert "--max-drop 0.5" in reason

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import DEFAULT_MODEL, ROOT, free_port, make_repo, metric, sample_list, wait_until
+from tests.helpers import DEFAULT_MODEL, ROOT, free_port, make_repo, metric, sample_list, sample_split, wait_until
 
 pytestmark = pytest.mark.timeout(600)
 JPEG = {"Content-Type": "image/jpeg"}
@@ -135,8 +135,9 @@ def test_concurrent_requests_are_batched(served: MakeServe) -> None:
 
 
 def test_top1_accuracy_through_the_api(served: MakeServe) -> None:
-    rows = sample_list()
-    assert len(rows) == 500
+    # The report split: images that neither calibrated the INT8 model nor chose its recipe.
+    rows = sample_split("report")
+    assert len(rows) == 150
     top1 = {}
     for model in (DEFAULT_MODEL, f"{DEFAULT_MODEL}_int8"):
         predicted = asyncio.run(_classify_all(f"{served.url}", rows, concurrency=8, model=model))
@@ -144,7 +145,7 @@ def test_top1_accuracy_through_the_api(served: MakeServe) -> None:
         top1[model] = correct / len(rows)
         print(f"\n{model} through the HTTP API: top-1 {top1[model]:.1%} ({correct}/{len(rows)})")
     assert top1[DEFAULT_MODEL] >= 0.85
-    # issue 3's target: INT8 within 1.0 point of FP32 on these 500 images
+    # a regression guard, not the 0.5-point target (one image is 0.67 points here): within 1.0 point
     assert top1[f"{DEFAULT_MODEL}_int8"] >= top1[DEFAULT_MODEL] - 0.010
 
 
