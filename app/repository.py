@@ -277,13 +277,14 @@ class Overrides:
         return ModelConfig.model_validate({**config.model_dump(), **update}) if update else config
 
 
-def _scan_model(model_dir: Path, overrides: Overrides) -> ModelEntry:
+def _scan_model(model_dir: Path, overrides: Overrides, quiet: bool = False) -> ModelEntry:
     try:
         config = overrides.apply(load_model_config(model_dir))
         labels = _read_labels(model_dir, config)
         dirs = _version_dirs(model_dir, config)
     except ModelConfigError as exc:
-        log.error("%s", exc.message)
+        if not quiet:  # polling re-reads broken folders every interval: say it once, when loading
+            log.error("%s", exc.message)
         return ModelEntry(model_dir.name, model_dir, None, {}, error=exc.message)
     versions = {
         v: ModelVersion(model_dir.name, v, p, config, labels, fingerprint=_fingerprint(p, model_dir, config))
@@ -434,7 +435,7 @@ class ModelRepository:
         found: dict[str, tuple[object, ...]] = {}
         for folder in self.folders():
             try:
-                entry = _scan_model(folder, self._overrides)
+                entry = _scan_model(folder, self._overrides, quiet=True)
             except OSError:
                 continue
             versions = tuple(sorted((n, v.fingerprint) for n, v in entry.versions.items()))

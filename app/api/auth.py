@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hmac
 import re
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -62,8 +63,9 @@ def redact(message: str, request: Request) -> str:
     """Without the admin key, no paths or pids: model folders are named relative to the repository."""
     if is_admin(request):
         return message
-    root = request.app.state.service.repository.root
-    for prefix in {str(root.resolve()), str(root)}:
+    root: Path = request.app.state.service.repository.root
+    # only absolute forms: a relative root such as "." must not rewrite every dot of a message
+    for prefix in {str(root.resolve()), *([str(root)] if root.is_absolute() else [])}:
         message = message.replace(prefix + "/", "").replace(prefix, "<repository>")
     return _PATH.sub(r"\1", _PID.sub("", message))
 
