@@ -47,7 +47,6 @@ class _Item(Generic[In, Out]):
 class BatchObserver:
     """Receives the batcher's numbers; the default records nothing."""
 
-    def queued(self, depth: int) -> None: ...
     def dispatched(self, size: int, waits: list[float]) -> None: ...
     def completed(self, size: int, seconds: float) -> None: ...
     def expired(self, count: int) -> None: ...
@@ -89,7 +88,6 @@ class DynamicBatcher(Generic[In, Out]):
         self._waiting += 1
         item.future.add_done_callback(lambda _: self._left(item))
         self._queue.append(item)
-        self._observer.queued(self._waiting)
         self._arrived.set()
         return await item.future
 
@@ -98,7 +96,6 @@ class DynamicBatcher(Generic[In, Out]):
         if not item.dispatched:
             item.dispatched = True
             self._waiting -= 1
-            self._observer.queued(self._waiting)
 
     def flush(self) -> None:
         """From now on batches close as soon as they hold anything: no waiting for company."""
@@ -200,7 +197,6 @@ class DynamicBatcher(Generic[In, Out]):
         for item in batch:
             item.dispatched = True
         self._waiting -= len(batch)
-        self._observer.queued(self._waiting)
         task = asyncio.get_running_loop().create_task(self._run_batch(batch))
         self._running.add(task)
         task.add_done_callback(self._running.discard)

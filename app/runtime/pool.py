@@ -1,9 +1,8 @@
 """Scheduling batches onto a model version's instances.
 
 The pool hands each batch to an idle instance (``supervisor.Instance``), bounded by the compute
-timeout, and tells its observer how many instances serve. Supervision (restarts, backoff, giving
-up) lives in ``supervisor.py``; the process and its shared memory in ``process.py`` and
-``transport.py``.
+timeout. Supervision (restarts, backoff, giving up) lives in ``supervisor.py``; the process and its
+shared memory in ``process.py`` and ``transport.py``.
 """
 
 from __future__ import annotations
@@ -41,7 +40,6 @@ def _stackable(requests: Sequence[dict[str, np.ndarray]]) -> bool:
 class PoolObserver:
     """Receives the pool's numbers; the default records nothing."""
 
-    def alive(self, count: int) -> None: ...
     def restarted(self) -> None: ...
     def computed(self, seconds: float, size: int, padded: int) -> None: ...
 
@@ -77,7 +75,6 @@ class WorkerPool:
         self._idle: deque[Instance] = deque()
         self._wake = asyncio.Event()
         self._stopping = False
-        self._alive = 0
         self.compute_timeout_s = (config.compute_timeout_ms or 0) / 1000 or None
         self.output_shape: tuple[int, ...] = ()  # one image's output, known once started
         self.signature: Signature | None = None  # a tensor model's inputs and outputs, once started
@@ -101,10 +98,6 @@ class WorkerPool:
         if inst.state is InstanceState.READY:
             self._idle.append(inst)
         self._wake.set()
-        alive = self.alive
-        if alive != self._alive:
-            self._alive = alive
-            self._observer.alive(alive)
 
     # ---- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -130,7 +123,6 @@ class WorkerPool:
         self._stopping = True
         self._wake.set()
         await asyncio.gather(*(inst.stop() for inst in self.instances), return_exceptions=True)
-        self._observer.alive(0)
 
     # ---- inference ---------------------------------------------------------------------------
     async def _acquire(self) -> Instance:
