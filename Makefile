@@ -11,7 +11,7 @@ PADDLE ?= cpu
 VENV_FLAGS ?=
 SPEC := .$(if $(PADDLE),[$(PADDLE)])
 
-.PHONY: serve test lint typecheck unit model int8-model clean k8s-validate
+.PHONY: serve test lint typecheck unit model int8-model int8-search bench clean k8s-validate
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -29,7 +29,7 @@ SLIM_PACKAGES := paddleslim==2.6.0 pyzmq tqdm six matplotlib pyparsing cycler py
 	fonttools requests urllib3 decorator "setuptools<81"
 
 $(VENV)/.dev: pyproject.toml Makefile | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[cpu,dev,convert]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[cpu,dev,plots,convert]'
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --target $(SLIM_SIDE) \
 		--upgrade $(SLIM_PACKAGES)
 	touch $@ $(VENV)/.serve
@@ -67,14 +67,38 @@ unit: $(VENV)/.dev
 model: $(VENV)/.dev
 	FLAGS_enable_pir_api=0 $(BIN)/python -m app.pipeline.efficientnet_lite --output model_repo/efficientnet_lite0
 
-# Re-create model_repo/efficientnet_lite0_int8 from the FP32 model and 200 fixed sample images.
+# model_repo/efficientnet_lite0_int8 is made from the FP32 model and the 200 images of
+# data/imagenet-sample-calibration.txt, with the recipe that `make int8-search` chose on the
+# selection split (kept in model_repo/efficientnet_lite0_int8/search/report.json).
 SAMPLE ?= ../shared/data/imagenet-sample
+INT8 := model_repo/efficientnet_lite0_int8
+INT8_CALIBRATION := --model-dir model_repo/efficientnet_lite0 --quantize-model-path $(INT8) \
+	--label-list data/imagenet-sample-calibration.txt --data-root $(SAMPLE) --batch-size 10 --batch-nums 20
+
 int8-model: $(VENV)/.dev
-	rm -rf model_repo/efficientnet_lite0_int8/1 model_repo/efficientnet_lite0_int8/config.yaml
-	$(BIN)/pdserve quantize --model-dir model_repo/efficientnet_lite0 \
-		--quantize-model-path model_repo/efficientnet_lite0_int8 \
-		--label-list data/imagenet-sample-calibration.txt --data-root $(SAMPLE) \
-		--algo abs_max --batch-size 10 --batch-nums 20
+	rm -rf $(INT8)/1
+	$(BIN)/pdserve quantize $(INT8_CALIBRATION) --recipe $(INT8)/search/report.json
+
+# The accuracy-aware search (about half an hour here): every algorithm and option, measured on the
+# selection split; layers kept in FP32 when none is within 0.5 points. Report on the report split
+# afterwards with `pdserve evaluate ... --label-list data/imagenet-sample-report.txt`.
+int8-search: $(VENV)/.dev
+	rm -rf $(INT8)/1
+	$(BIN)/pdserve quantize $(INT8_CALIBRATION) --target-drop 0.5 \
+		--eval-list data/imagenet-sample-selection.txt --strict --sensitivity \
+		--cache-dir $(HOME)/.cache/pdserve/calibration
+
+# make bench: pdserve against Triton (nvidia-pytriton), LitServe, plain FastAPI and the in-process
+# pipeline. The peers live in their own environment, never in pdserve's: pytriton 0.7.0 needs numpy < 2.
+BENCH_VENV := .venv-bench
+$(BENCH_VENV)/.stamp: pyproject.toml Makefile
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+		"numpy<2" "nvidia-pytriton==0.7.0" "litserve==0.2.19" -e '.[cpu]'
+	touch $@
+
+bench: $(VENV)/.dev $(BENCH_VENV)/.stamp
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(BENCH_VENV) bench-results .pytest_cache .mypy_cache .ruff_cache *.egg-info

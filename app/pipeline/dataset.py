@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -78,13 +79,13 @@ def select(samples: list[Sample], limit: int | None) -> list[Sample]:
 def load_images(samples: list[Sample], spec: Preprocessing, what: str = "preprocessing") -> np.ndarray:
     """Decode and preprocess every sample into one float32 NCHW array."""
     out = []
-    with Progress(len(samples), what) as progress:
+    with progress_bar(len(samples), what) as progress:
         for sample in samples:
             try:
                 out.append(load_and_preprocess(sample.path.read_bytes(), spec, MAX_PIXELS))
             except PdserveError as exc:
                 raise PipelineError(f"{sample.path}: {exc.message}") from None
-            progress.advance()
+            progress.update(1)
     return np.stack(out)
 
 
@@ -117,30 +118,19 @@ def read_binary(path: Path, chw: tuple[int, int, int]) -> tuple[np.ndarray, np.n
     return images, labels
 
 
-class Progress:
-    """A one-line progress bar on stderr (only when it is a terminal, or PDSERVE_PROGRESS=1)."""
+def progress_bar(total: int, what: str) -> Any:
+    """A tqdm bar on stderr with rate and ETA; silent when stderr is not a terminal (PDSERVE_PROGRESS=1 forces it).
 
-    def __init__(self, total: int, what: str) -> None:
-        import os
+    It never writes to stdout, so ``--json`` output stays clean.
+    """
+    import os
 
-        self.total, self.what, self.done = total, what, 0
-        self.enabled = sys.stderr.isatty() or os.environ.get("PDSERVE_PROGRESS") == "1"
+    from tqdm import tqdm
 
-    def __enter__(self) -> Progress:
-        return self
-
-    def advance(self, n: int = 1) -> None:
-        self.done += n
-        if self.enabled:
-            width = 30
-            filled = int(width * self.done / max(self.total, 1))
-            bar = "#" * filled + "-" * (width - filled)
-            sys.stderr.write(f"\r{self.what}: [{bar}] {self.done}/{self.total}")
-            sys.stderr.flush()
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
+    forced = os.environ.get("PDSERVE_PROGRESS") == "1"
+    return tqdm(
+        total=total, desc=what, file=sys.stderr, disable=False if forced else None, leave=False, dynamic_ncols=True
+    )
 
 
 def batches(array: np.ndarray, size: int) -> Iterator[np.ndarray]:

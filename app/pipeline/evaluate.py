@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from app.model_config import ModelConfig, load_model_config, version_folders
-from app.pipeline.dataset import PipelineError, Progress, Sample, batches, load_images, read_binary
+from app.pipeline.dataset import PipelineError, Sample, batches, load_images, progress_bar, read_binary
 from app.runtime.predictor_config import LoadedPredictor
 
 
@@ -68,12 +68,12 @@ def _run(model: LocalModel, images: np.ndarray, batch_size: int) -> tuple[np.nda
     predictor = model.predictor()
     predictor.run(images[:batch_size])  # warm-up
     outputs, seconds = [], 0.0
-    with Progress(len(images), f"evaluating {model.name}") as progress:
+    with progress_bar(len(images), f"evaluating {model.name}") as progress:
         for batch in batches(images, batch_size):
             start = time.perf_counter()
             outputs.append(predictor.run(batch))
             seconds += time.perf_counter() - start
-            progress.advance(len(batch))
+            progress.update(len(batch))
     return np.concatenate(outputs), len(images) / seconds
 
 
@@ -161,14 +161,17 @@ def check_calibration_overlap(models: list[LocalModel], samples: list[Sample], s
     for model in models:
         overlap = calibration_overlap(model, samples)
         if overlap:
-            warnings.append(
-                f"{len(overlap)} of {len(samples)} evaluation images calibrated {model.name} (e.g. {overlap[0]}): "
-                "accuracy on them is not a measurement; evaluate on images kept apart "
-                "(data/imagenet-sample-report.txt)"
-            )
+            warnings.append(overlap_warning(len(overlap), len(samples), model.name, overlap[0]))
     if warnings and strict:
         raise PipelineError(warnings[0] + " (--strict)")
     return warnings
+
+
+def overlap_warning(count: int, total: int, what: str, example: str) -> str:
+    return (
+        f"{count} of {total} evaluation images calibrated {what} (e.g. {example}): "
+        "accuracy on them is not a measurement; evaluate on images kept apart (data/imagenet-sample-report.txt)"
+    )
 
 
 def format_table(results: list[Evaluation]) -> str:

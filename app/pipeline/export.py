@@ -39,6 +39,23 @@ def _efficientnet(num_classes: int) -> Any:
     return EfficientNetLite0(num_classes=num_classes, with_softmax=False)
 
 
+def _tiny_cnn(num_classes: int) -> Any:
+    """Four quantizable layers on 56x56 inputs: seconds to export, quantize and search (smoke tests)."""
+    from paddle import nn
+
+    def block(conv: Any, channels: int, relu6: bool = True) -> list[Any]:
+        return [conv, nn.BatchNorm2D(channels), *([nn.ReLU6()] if relu6 else [])]
+
+    return nn.Sequential(
+        *block(nn.Conv2D(3, 8, 3, stride=2, padding=1, bias_attr=False), 8),
+        *block(nn.Conv2D(8, 8, 3, padding=1, groups=8, bias_attr=False), 8),
+        *block(nn.Conv2D(8, 16, 1, bias_attr=False), 16, relu6=False),
+        nn.AdaptiveAvgPool2D(1),
+        nn.Flatten(),
+        nn.Linear(16, num_classes),
+    )
+
+
 ARCHITECTURES: dict[str, Architecture] = {
     "resnet50": Architecture(_vision("resnet50"), Preprocessing(), "ResNet-50 (paddle.vision.models)"),
     "mobilenet_v2": Architecture(_vision("mobilenet_v2"), Preprocessing(), "MobileNetV2 (paddle.vision.models)"),
@@ -49,6 +66,9 @@ ARCHITECTURES: dict[str, Architecture] = {
         _vision("mobilenet_v3_large"), Preprocessing(), "MobileNetV3-Large (paddle.vision.models)"
     ),
     "efficientnet_lite0": Architecture(_efficientnet, EFFICIENTNET_PREPROCESSING, "EfficientNet-Lite0"),
+    "tiny_cnn": Architecture(
+        _tiny_cnn, Preprocessing(resize_shorter=64, crop=56), "a 4-layer CNN for smoke tests of the offline tools"
+    ),
 }
 
 

@@ -258,3 +258,122 @@ def test_the_max_drop_gate(exported: Path) -> None:
     reason = failed.stderr.strip().splitlines()[-1]
     assert reason.startswith("pdserve evaluate: error: mobilenet_v3_small top-1")
     assert "--max-drop 0.5" in reason
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tiny") / "tiny_cnn"
+    pdserve("export", "--arch", "tiny_cnn", "--output", out, "--num-classes", "1000")
+    return out
+
+
+def _split_lists(tmp_path: Path) -> tuple[Path, Path]:
+    lines = (sample_dir() / "val_list.txt").read_text().splitlines()
+    calibration, evaluation = tmp_path / "cal.txt", tmp_path / "eval.txt"
+    calibration.write_text("\n".join(lines[:10]) + "\n")
+    evaluation.write_text("\n".join(lines[10:26]) + "\n")
+    return calibration, evaluation
+
+
+def test_search_meets_an_easy_target_without_sensitivity(tiny: Path, tmp_path: Path) -> None:
+    calibration, evaluation = _split_lists(tmp_path)
+    out = tmp_path / "tiny_int8"
+    result = pdserve(
+        "quantize", "--model", tiny, "--output", out, "--label-list", calibration, "--data-root", sample_dir(),
+        "--batch-size", "5", "--target-drop", "100", "--eval-list", evaluation, "--algos", "abs_max", "hist",
+        "--json",
+    )  # fmt: skip
+    record = json.loads(result.stdout)
+    assert record["search"]["met"] is True
+    report = json.loads((out / "search" / "report.json").read_text())
+    names = [c["name"] for c in report["candidates"]]
+    assert {"abs_max", "hist0.999", "hist0.9999", "hist0.99999"} <= set(names)
+    assert any(c["stage"] == "option" for c in report["candidates"])  # per-tensor weights, adaround, ...
+    assert report["sensitivity"] == []  # the target was met: no analysis
+    assert (out / "search" / "sensitivity.png").read_bytes()[:4] == b"\x89PNG"
+    config = load_model_config(out)
+    assert config.precision == "int8"
+    assert config.calibration is not None
+    assert config.calibration["recipe"] == report["chosen"]["recipe"]
+    assert config.calibration["search"]["evaluation"] == str(evaluation)
+    # The chosen recipe rebuilds the model from the config it was recorded in.
+    again = tmp_path / "again"
+    pdserve("quantize", "--model", tiny, "--output", again, "--label-list", calibration, "--data-root",
+            sample_dir(), "--batch-size", "5", "--recipe", out / "config.yaml")  # fmt: skip
+    assert (again / "1" / "model.pdiparams").read_bytes() == (out / "1" / "model.pdiparams").read_bytes()
+
+
+def test_search_that_cannot_meet_its_target_falls_back_layer_by_layer_and_says_so(tiny: Path, tmp_path: Path) -> None:
+    calibration, evaluation = _split_lists(tmp_path)
+    out = tmp_path / "tiny_int8"
+    result = pdserve(
+        "quantize", "--model", tiny, "--output", out, "--label-list", calibration, "--data-root", sample_dir(),
+        "--batch-size", "5", "--target-drop", "-100", "--eval-list", evaluation, "--algos", "abs_max",
+        "--max-fallback", "2", ok=False,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "no recipe kept top-1 within -100 points" in result.stderr
+    report = json.loads((out / "search" / "report.json").read_text())
+    assert [s["op_type"] for s in report["sensitivity"]] == ["conv2d", "depthwise_conv2d", "conv2d", "matmul_v2"]
+    fallbacks = [c for c in report["candidates"] if c["stage"] == "fallback"]
+    assert 1 <= len(fallbacks) <= 2
+    assert [len(c["recipe"]["fp32_layers"]) for c in fallbacks] == list(range(1, len(fallbacks) + 1))
+    assert "most sensitive layers" in (out / "search" / "report.txt").read_text()
+    assert (out / "1" / "model.pdmodel").is_file()  # the closest candidate is written all the same
+
+
+def test_search_warns_about_and_strict_refuses_calibration_images_in_the_eval_list(tiny: Path, tmp_path: Path) -> None:
+    calibration, _ = _split_lists(tmp_path)
+    refused = pdserve(
+        "quantize", "--model", tiny, "--output", tmp_path / "x", "--label-list", calibration, "--data-root",
+        sample_dir(), "--target-drop", "1", "--eval-list", calibration, "--strict", ok=False,
+    )  # fmt: skip
+    assert refused.returncode == 2
+    assert "10 of 10 evaluation images calibrated the model being quantized" in refused.stderr
+    assert not (tmp_path / "x").exists()
+    needs_target = pdserve("quantize", "--model", tiny, "--output", tmp_path / "y", "--label-list", calibration,
+                           "--data-root", sample_dir(), "--eval-list", calibration, ok=False)  # fmt: skip
+    assert needs_target.returncode == 2
+    assert "add --target-drop" in needs_target.stderr
+
+
+def test_the_shipped_int8_model_was_chosen_on_the_selection_split_and_calibrated_apart() -> None:
+    int8 = MODEL_REPO / f"{DEFAULT_MODEL}_int8"
+    config = load_model_config(int8)
+    assert config.calibration is not None
+    report = json.loads((int8 / "search" / "report.json").read_text())
+    assert config.calibration["recipe"] == report["chosen"]["recipe"]  # make int8-model rebuilds this one
+    assert config.calibration["search"]["evaluation"] == "data/imagenet-sample-selection.txt"
+    assert report["met"] is True
+    calibrated = {line.split()[0] for line in (int8 / "calibration_images.txt").read_text().splitlines()}
+    listed = (ROOT / "data" / "imagenet-sample-calibration.txt").read_text().split("\n")
+    assert calibrated == {line.split()[0].rsplit("/", 1)[-1] for line in listed if line}
+    chose_on = (ROOT / "data" / "imagenet-sample-selection.txt").read_text()
+    assert not any(name in chose_on for name in calibrated)
+
+
+def test_search_within_a_time_budget_keeps_the_best_so_far(tiny: Path, tmp_path: Path) -> None:
+    calibration, evaluation = _split_lists(tmp_path)
+    out = tmp_path / "tiny_int8"
+    result = pdserve(
+        "quantize", "--model", tiny, "--output", out, "--label-list", calibration, "--data-root", sample_dir(),
+        "--batch-size", "5", "--target-drop", "100", "--eval-list", evaluation, "--time-budget-s", "0", "--json",
+    )  # fmt: skip
+    assert json.loads(result.stdout)["search"]["candidates"] == 1
+    report = json.loads((out / "search" / "report.json").read_text())
+    assert report["notes"] == ["time budget reached after 1 candidate; chose among those"]
+    assert report["chosen"]["name"] == "hist0.999"
+
+
+def test_search_analyses_sensitivity_on_request_even_when_the_target_is_met(tiny: Path, tmp_path: Path) -> None:
+    calibration, evaluation = _split_lists(tmp_path)
+    out = tmp_path / "tiny_int8"
+    pdserve(
+        "quantize", "--model", tiny, "--output", out, "--label-list", calibration, "--data-root", sample_dir(),
+        "--batch-size", "5", "--target-drop", "100", "--eval-list", evaluation, "--algos", "abs_max",
+        "--sensitivity",
+    )  # fmt: skip
+    report = json.loads((out / "search" / "report.json").read_text())
+    assert report["met"] is True
+    assert len(report["sensitivity"]) == 4
+    assert not [c for c in report["candidates"] if c["stage"] == "fallback"]  # met: nothing kept in FP32

@@ -1,0 +1,512 @@
+"""``pdserve quantize --target-drop``: an accuracy-aware search for an INT8 recipe.
+
+Stages, each measured on the evaluation (selection) images against the FP32 model, paired:
+
+1. algorithms: abs_max, avg, hist at several percentiles, KL, mse, emd, ptf (those the installed
+   Paddle has), from shared calibration statistics where the algorithm allows;
+2. options on the best so far: per-tensor weights, batch norm folded before calibration, ReLU6
+   outputs calibrated like any tensor instead of at their bound, half the calibration batches,
+   learned rounding (adaround);
+3. when no candidate meets the target: layer sensitivity (each quantized layer kept in FP32 alone,
+   scored by how much closer the output distribution gets to FP32's), then the most sensitive
+   layers kept in FP32, one more at a time, until the target is met or ``max_fallback`` is reached.
+
+Candidates are ranked: those meeting the target first, fewest FP32 layers (speed), then the mean
+KL divergence of their output from FP32's (a continuous measure; on 150 images one image is 0.67
+points of top-1). Those missing it by drop, then divergence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.pipeline import ptq
+from app.pipeline.dataset import PipelineError, Sample, batches, load_images, progress_bar
+from app.pipeline.evaluate import LocalModel
+from app.pipeline.export import write_config
+from app.pipeline.ptq import Recipe, Statistics
+
+HIST_PERCENTS = (0.999, 0.9999, 0.99999)
+# Algorithms are compared as Paddle runs them (batch norm not folded); folding is an option after.
+# Fixed here, not taken from Recipe's defaults, so that a search does not depend on them.
+SEARCH_BASE = Recipe(algo="hist", hist_percent=0.99999, fuse_bn=False, bounded_scales=True)
+EVAL_BATCH = 8
+
+
+@dataclass
+class Candidate:
+    recipe: Recipe
+    stage: str
+    top1: float
+    top5: float
+    agreement: float
+    gained: int
+    lost: int
+    divergence: float  # mean KL(FP32 || INT8) of the output distributions, nats
+    images_per_s: float  # predictor.run() at batch 8, for the trade-off (same run only)
+    drop: float  # top-1 points below FP32
+    meets: bool
+    seconds: float
+
+    @property
+    def name(self) -> str:
+        return self.recipe.name
+
+    def rank(self) -> tuple[float, ...]:
+        if self.meets:
+            return (0, len(self.recipe.fp32_layers), self.divergence)
+        return (1, self.drop, self.divergence)
+
+    def as_dict(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["recipe"] = self.recipe.as_dict()
+        doc["name"] = self.name
+        return doc
+
+
+@dataclass
+class Sensitivity:
+    layer: str
+    op_type: str
+    divergence: float  # with only this layer in FP32
+    gain: float  # divergence of the base recipe minus this one; higher is more sensitive
+    top1: float
+
+
+@dataclass
+class SearchResult:
+    target_drop: float
+    fp32_top1: float
+    fp32_top5: float
+    fp32_images_per_s: float
+    images: int
+    candidates: list[Candidate] = field(default_factory=list)
+    sensitivity: list[Sensitivity] = field(default_factory=list)
+    chosen: Candidate | None = None
+    met: bool = False
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "target_drop": self.target_drop,
+            "met": self.met,
+            "images": self.images,
+            "fp32": {"top1": self.fp32_top1, "top5": self.fp32_top5, "images_per_s": self.fp32_images_per_s},
+            "chosen": self.chosen.as_dict() if self.chosen else None,
+            "candidates": [c.as_dict() for c in self.candidates],
+            "sensitivity": [asdict(s) for s in self.sensitivity],
+            "notes": self.notes,
+            "seconds": round(self.seconds, 1),
+        }
+
+
+class OutOfTime(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def quiet_paddle() -> Iterator[None]:
+    """Paddle's PTQ logs INFO lines and draws its own bars for every model; keep them out of ours."""
+    from functools import partial
+
+    from paddle.static.quantization import post_training_quantization, quantization_pass
+
+    modules = [post_training_quantization, quantization_pass]
+    loggers = [logging.getLogger(n) for n in logging.root.manager.loggerDict if n.startswith("paddle")]
+    loggers.append(post_training_quantization._logger)
+    levels = [lg.level for lg in loggers]
+    saved = [m.tqdm for m in modules]
+    for m, bar in zip(modules, saved, strict=True):
+        m.tqdm = partial(bar, disable=True)
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        for m, bar in zip(modules, saved, strict=True):
+            m.tqdm = bar
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _divergence(reference: np.ndarray, probs: np.ndarray) -> float:
+    p = np.clip(reference.astype(np.float64), 1e-12, 1.0)
+    q = np.clip(probs.astype(np.float64), 1e-12, 1.0)
+    return float(np.mean(np.sum(p * (np.log(p) - np.log(q)), axis=1)))
+
+
+@contextlib.contextmanager
+def onednn_report_hidden() -> Iterator[None]:
+    """Hide the ~60 lines oneDNN's INT8 passes print on file descriptor 2 for every predictor built.
+
+    A search builds dozens; what they print is shown again if building fails.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            sink.seek(0)
+            sys.stderr.write(sink.read().decode(errors="replace")[-4000:])
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _predict(model: LocalModel, images: np.ndarray) -> tuple[np.ndarray, float]:
+    with onednn_report_hidden():
+        predictor = model.predictor()
+        predictor.run(images[:EVAL_BATCH])  # warm-up
+    outputs, seconds = [], 0.0
+    for batch in batches(images, EVAL_BATCH):
+        start = time.perf_counter()
+        outputs.append(predictor.run(batch))
+        seconds += time.perf_counter() - start
+    return np.concatenate(outputs), len(images) / seconds
+
+
+class Search:
+    """One search: the FP32 model, calibration and evaluation images, and a work folder."""
+
+    def __init__(
+        self,
+        fp32: LocalModel,
+        calibration: list[Sample],
+        evaluation: list[Sample],
+        *,
+        target_drop: float,
+        batch_size: int = 10,
+        batch_nums: int | None = None,
+        time_budget_s: float | None = None,
+        threads: int = 2,
+        cache_dir: Path | None = None,
+        evaluate: bool = True,
+        log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+    ) -> None:
+        self.fp32 = fp32
+        self.target_drop = target_drop
+        self.batch_size = batch_size
+        self.threads = threads
+        self.cache_dir = cache_dir
+        self.log = log
+        self.started = time.monotonic()
+        self.deadline = None if time_budget_s is None else self.started + time_budget_s
+        nums = batch_nums or max(1, len(calibration) // batch_size)
+        used = calibration[: nums * batch_size]
+        if len(used) < batch_size:
+            raise PipelineError(f"need at least --batch-size ({batch_size}) calibration images, got {len(calibration)}")
+        self.calibration = used
+        self.batch_nums = len(used) // batch_size
+        spec = fp32.config.preprocessing
+        self.cal_images = load_images(used, spec, "calibration images")
+        self.stats: dict[tuple[bool, str, int], Statistics] = {}
+        self._built: dict[Recipe, Path] = {}
+        self.work = Path(tempfile.mkdtemp(prefix="pdserve-search-"))
+        if not evaluate:  # only build (pdserve quantize with a given recipe)
+            return
+        if not evaluation:
+            raise PipelineError("the search needs evaluation images (--eval-list)")
+        self.eval_images = load_images(evaluation, spec, "evaluation images")
+        self.labels = np.array([s.label for s in evaluation])
+        if (self.labels < 0).any():
+            raise PipelineError("the evaluation list needs labels ('path label' lines)")
+        self.reference, self.fp32_rate = _predict(self._threads(fp32), self.eval_images)
+        self.ref_top1 = self.reference.argmax(axis=1)
+        self.fp32_top1 = float((self.ref_top1 == self.labels).mean())
+        top5 = np.argsort(-self.reference, axis=1)[:, :5]
+        self.fp32_top5 = float((top5 == self.labels[:, None]).any(axis=1).mean())
+        self.result = SearchResult(target_drop, self.fp32_top1, self.fp32_top5, self.fp32_rate, len(evaluation))
+
+    def _threads(self, model: LocalModel) -> LocalModel:
+        return LocalModel(
+            model.name, model.path, model.version, model.config.model_copy(update={"cpu_threads": self.threads})
+        )
+
+    def close(self) -> None:
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    def _check_time(self) -> None:
+        # The first candidate is always measured, so that a budget always yields a model.
+        if self.deadline is not None and self.result.candidates and time.monotonic() > self.deadline:
+            raise OutOfTime
+
+    def _batches(self, limit: int | None = None) -> Callable[[], Iterator[dict[str, np.ndarray]]]:
+        name, size = self.fp32.config.input.name, self.batch_size
+        images = self.cal_images[: (limit or self.batch_nums) * size]
+
+        def loader() -> Iterator[dict[str, np.ndarray]]:
+            for start in range(0, len(images), size):
+                yield {name: images[start : start + size]}
+
+        return loader
+
+    # -- statistics ---------------------------------------------------------------------------------
+
+    def statistics(self, recipe: Recipe) -> Statistics:
+        kind = recipe.algo if recipe.algo in ptq.SAMPLING_ALGOS else "hist"
+        # abs_max and avg over fewer batches are prefixes of the full statistics.
+        nums = self.batch_nums if recipe.algo in ("abs_max", "avg") else (recipe.batch_nums or self.batch_nums)
+        key = (recipe.fuse_bn, kind, nums)
+        if key in self.stats:
+            return self.stats[key]
+        names = [s.path.name for s in self.calibration[: nums * self.batch_size]]
+        src = self.fp32.version_dir
+        cached = None
+        if self.cache_dir is not None:
+            digest = ptq.fingerprint(src, names, self.batch_size, nums, kind, recipe.fuse_bn)
+            cached_path = self.cache_dir / f"{digest}.pkl"
+            cached = ptq.load_cached(cached_path)
+        if cached is None:
+            self._check_time()
+            folded = ", batch norm folded" if recipe.fuse_bn else ""
+            what = f"calibrating ({kind}{folded}, {nums * self.batch_size} images)"
+            with progress_bar(nums * (2 if kind == "hist" else 1), what) as bar:
+                cached = ptq.collect(
+                    src,
+                    self._batches(nums),
+                    self.batch_size,
+                    nums,
+                    algo=kind,
+                    fuse_bn=recipe.fuse_bn,
+                    progress=lambda _: bar.update(2 if kind == "hist" else 1),
+                )
+            if self.cache_dir is not None:
+                ptq.save_cached(cached_path, cached)
+        self.stats[key] = cached
+        return cached
+
+    # -- candidates ---------------------------------------------------------------------------------
+
+    def build(self, recipe: Recipe, folder: Path, overrides: dict[str, float] | None = None) -> None:
+        stats = self.statistics(recipe)
+        ptq.build(self.fp32.version_dir, folder, stats, recipe, self._batches(), self.batch_size, overrides)
+
+    def measure(self, recipe: Recipe, stage: str, overrides: dict[str, float] | None = None) -> Candidate:
+        self._check_time()
+        started = time.perf_counter()
+        folder = self.work / f"c{len(self._built)}"
+        self.build(recipe, folder / "1", overrides)
+        doc = self.fp32.config.model_dump(mode="json", exclude_none=True)
+        doc.update(precision="int8", cpu_threads=self.threads)
+        doc.pop("labels", None)
+        write_config(folder, doc)
+        self._built[recipe] = folder / "1"
+        probs, rate = _predict(LocalModel.open(folder), self.eval_images)
+        top5 = np.argsort(-probs, axis=1)[:, :5]
+        top1 = top5[:, 0]
+        right, ref_right = top1 == self.labels, self.ref_top1 == self.labels
+        acc = float(right.mean())
+        drop = (self.fp32_top1 - acc) * 100
+        candidate = Candidate(
+            recipe=recipe,
+            stage=stage,
+            top1=acc,
+            top5=float((top5 == self.labels[:, None]).any(axis=1).mean()),
+            agreement=float((top1 == self.ref_top1).mean()),
+            gained=int((right & ~ref_right).sum()),
+            lost=int((ref_right & ~right).sum()),
+            divergence=_divergence(self.reference, probs),
+            images_per_s=rate,
+            drop=round(drop, 4),
+            meets=drop <= self.target_drop + 1e-9,
+            seconds=round(time.perf_counter() - started, 1),
+        )
+        if stage != "sensitivity":
+            self.result.candidates.append(candidate)
+        return candidate
+
+    def best(self) -> Candidate | None:
+        return min(self.result.candidates, key=Candidate.rank, default=None)
+
+    def _try(self, recipes: list[Recipe], stage: str) -> None:
+        seen = {c.recipe for c in self.result.candidates}
+        todo = [r for r in recipes if r not in seen]
+        with progress_bar(len(todo), f"stage {stage}") as bar:
+            for recipe in todo:
+                try:
+                    c = self.measure(recipe, stage)
+                except PipelineError as exc:
+                    self.result.notes.append(f"{recipe.name}: {exc.message}")
+                    bar.update(1)
+                    continue
+                self.log(
+                    f"  {c.name:<34} top-1 {c.top1:6.1%} (drop {c.drop:+.2f}, +{c.gained}/-{c.lost}) "
+                    f"agree {c.agreement:6.1%} KL {c.divergence:.4f} {c.images_per_s:6.1f} img/s"
+                )
+                bar.update(1)
+
+    # -- the stages ---------------------------------------------------------------------------------
+
+    def run(
+        self,
+        algos: tuple[str, ...] = ptq.ALGOS,
+        max_fallback: int = 10,
+        options: bool = True,
+        always_analyse: bool = False,
+    ) -> SearchResult:
+        """Search; ``always_analyse`` runs the layer sensitivity analysis even when a recipe met the target."""
+        try:
+            self._run(algos, max_fallback, options, always_analyse)
+        except OutOfTime:
+            count = len(self.result.candidates)
+            self.result.notes.append(
+                f"time budget reached after {count} candidate{'s' if count > 1 else ''}; chose among those"
+            )
+        best = self.best()
+        self.result.chosen = best
+        self.result.met = bool(best and best.meets)
+        self.result.seconds = time.monotonic() - self.started
+        return self.result
+
+    def _run(self, algos: tuple[str, ...], max_fallback: int, options: bool, always_analyse: bool) -> None:
+        recipes = []
+        for algo in algos:
+            if algo == "hist":
+                recipes += [SEARCH_BASE.with_(algo="hist", hist_percent=p) for p in HIST_PERCENTS]
+            else:
+                recipes.append(SEARCH_BASE.with_(algo=algo))
+        self.log(f"FP32: top-1 {self.fp32_top1:.1%} on {len(self.labels)} images; target: drop <= {self.target_drop}")
+        self._try(recipes, "algorithm")
+        best = self.best()
+        if best is None:
+            raise PipelineError("no candidate could be built; see the notes")
+        if options:
+            base = best.recipe
+            variants = [
+                base.with_(weight_quantize_type="abs_max"),
+                base.with_(fuse_bn=not base.fuse_bn),
+                base.with_(bounded_scales=not base.bounded_scales),
+            ]
+            if self.batch_nums >= 2:
+                variants.append(base.with_(batch_nums=self.batch_nums // 2))
+            variants.append(base.with_(round_type="adaround"))
+            self._try(variants, "option")
+            best = self.best()
+            assert best is not None
+        if best.meets and always_analyse:
+            self.sensitivity(best.recipe)
+        if best.meets or max_fallback <= 0:
+            return
+        self.sensitivity(best.recipe)
+        self.fallback(best.recipe, max_fallback)
+
+    def sensitivity(self, base: Recipe) -> None:
+        reference = next(c for c in self.result.candidates if c.recipe == base)
+        layers = self.statistics(base).layers
+        self.log(f"sensitivity of {len(layers)} layers on {base.name} (each kept in FP32 alone)")
+        with progress_bar(len(layers), "sensitivity") as bar:
+            for layer in layers:
+                c = self.measure(base.with_(fp32_layers=(layer.weight,)), "sensitivity")
+                self.result.sensitivity.append(
+                    Sensitivity(layer.weight, layer.op_type, c.divergence, reference.divergence - c.divergence, c.top1)
+                )
+                bar.update(1)
+
+    def fallback(self, base: Recipe, max_fallback: int) -> None:
+        ranked = sorted(self.result.sensitivity, key=lambda s: -s.gain)
+        ranked = [s for s in ranked if s.gain > 0][:max_fallback]
+        with progress_bar(len(ranked), "fp32 fallback") as bar:
+            for k in range(1, len(ranked) + 1):
+                recipe = base.with_(fp32_layers=tuple(s.layer for s in ranked[:k]))
+                c = self.measure(recipe, "fallback")
+                self.log(
+                    f"  {k} layer(s) in FP32: top-1 {c.top1:.1%} (drop {c.drop:+.2f}) KL {c.divergence:.4f} "
+                    f"{c.images_per_s:.1f} img/s"
+                )
+                bar.update(1)
+                if c.meets:
+                    return
+        self.result.notes.append(f"no recipe met drop <= {self.target_drop} with up to {len(ranked)} layers in FP32")
+
+    def model_files(self, recipe: Recipe) -> Path:
+        return self._built[recipe]
+
+
+def format_report(result: SearchResult) -> str:
+    head = f"{'candidate':<36} {'stage':<10} {'top-1':>7} {'top-5':>7} {'drop':>6} {'+/-':>7} {'agree':>7}"
+    head += f" {'KL':>8} {'img/s':>7}"
+    lines = [
+        f"FP32: top-1 {result.fp32_top1:.1%}, top-5 {result.fp32_top5:.1%}, {result.fp32_images_per_s:.1f} img/s "
+        f"on {result.images} evaluation images; target: drop <= {result.target_drop} points",
+        head,
+    ]
+    for c in sorted(result.candidates, key=Candidate.rank):
+        mark = "*" if c is result.chosen else " "
+        lines.append(
+            f"{mark}{c.name:<35} {c.stage:<10} {c.top1:>7.1%} {c.top5:>7.1%} {c.drop:>+6.2f} "
+            f"{f'+{c.gained}/-{c.lost}':>7} {c.agreement:>7.1%} {c.divergence:>8.4f} {c.images_per_s:>7.1f}"
+        )
+    if result.sensitivity:
+        top = sorted(result.sensitivity, key=lambda s: -s.gain)[:10]
+        lines.append("most sensitive layers (KL divergence gained back when kept in FP32 alone):")
+        lines += [f"  {s.layer:<24} {s.op_type:<18} {s.gain:+.4f}" for s in top]
+    verdict = "met" if result.met else "NOT met"
+    chosen = result.chosen.name if result.chosen else "-"
+    lines.append(f"chosen: {chosen}; target {verdict}; {result.seconds:.0f} s")
+    lines += [f"note: {n}" for n in result.notes]
+    return "\n".join(lines)
+
+
+def plot(result: SearchResult, path: Path) -> bool:
+    """Per-layer sensitivity and the accuracy/speed trade-off, as a PNG; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5), gridspec_kw={"width_ratios": [3, 2]})
+    if result.sensitivity:
+        chosen = set(result.chosen.recipe.fp32_layers) if result.chosen else set()
+        gains = [s.gain for s in result.sensitivity]
+        colors = ["tab:red" if s.layer in chosen else "tab:blue" for s in result.sensitivity]
+        left.bar(range(len(gains)), gains, color=colors)
+        left.set_xlabel("quantized layer, in program order (red: kept in FP32)")
+        left.set_ylabel("KL divergence gained back (nats)")
+        left.set_title("Layer sensitivity: each layer kept in FP32 alone")
+    else:
+        left.text(0.5, 0.5, "no sensitivity analysis\n(a recipe met the target without it)", ha="center")
+        left.set_axis_off()
+    for c in result.candidates:
+        right.scatter(c.images_per_s, -c.drop, color="tab:green" if c.meets else "tab:gray")
+    if result.chosen is not None:
+        right.scatter(result.chosen.images_per_s, -result.chosen.drop, s=150, facecolors="none", edgecolors="tab:red")
+    right.axhline(-result.target_drop, linestyle="--", color="tab:red", linewidth=1)
+    right.axvline(result.fp32_images_per_s, linestyle=":", color="black", linewidth=1)
+    right.set_xlabel("images/s (predictor.run, batch 8; dotted: FP32)")
+    right.set_ylabel("top-1 change vs FP32 (points; dashed: target)")
+    right.set_title("Candidates: accuracy against speed")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def write_report(result: SearchResult, folder: Path) -> dict[str, str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"json": folder / "report.json", "table": folder / "report.txt", "png": folder / "sensitivity.png"}
+    files["json"].write_text(json.dumps(result.as_dict(), indent=2) + "\n")
+    files["table"].write_text(format_report(result) + "\n")
+    if not plot(result, files["png"]):
+        del files["png"]
+    return {k: str(v) for k, v in files.items()}
