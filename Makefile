@@ -94,7 +94,7 @@ BENCH_VENV := .venv-bench
 $(BENCH_VENV)/.stamp: pyproject.toml Makefile
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
-		"numpy<2" "nvidia-pytriton==0.7.0" "litserve==0.2.19" -e '.[cpu]'
+		"numpy<2" "nvidia-pytriton==0.7.0" "litserve==0.2.19" "py-spy==0.4.3" -e '.[cpu]'
 	touch $@
 
 bench: $(VENV)/.dev $(BENCH_VENV)/.stamp

@@ -111,6 +111,7 @@ def _quantize(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         batch_nums=args.batch_nums,
         search=search,
+        recipe_source=str(args.recipe) if args.recipe and search is None else None,
     )
     human = (
         f"quantized {args.model_dir} ({result['recipe'] and _recipe_name(result)}, {result['images']} images, "

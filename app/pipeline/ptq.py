@@ -202,7 +202,7 @@ def thresholds(stats: Statistics, recipe: Recipe) -> dict[str, float]:
         bound = BOUNDED_OUTPUTS.get(stats.producers.get(name, ""))
         if recipe.bounded_scales and bound is not None:
             value = bound
-        out[name] = max(float(value), 1e-8)
+        out[name] = float(value)
     return out
 
 

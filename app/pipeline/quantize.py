@@ -78,6 +78,7 @@ def quantize_repository_model(
     batch_size: int = 10,
     batch_nums: int | None = None,
     search: dict[str, Any] | None = None,
+    recipe_source: str | None = None,
 ) -> dict[str, Any]:
     """Quantize a version of ``model_dir`` into a new model folder (or a new version of it).
 
@@ -154,6 +155,8 @@ def quantize_repository_model(
     }
     if "search" in extra:
         record["search"] = extra["search"]
+    if recipe_source:
+        record["recipe_source"] = recipe_source  # e.g. the search report that chose it
     config = source_model.config
     doc = config.model_dump(mode="json", exclude_none=True)
     fallback = f", {len(recipe.fp32_layers)} layers FP32" if recipe.fp32_layers else ""

@@ -67,7 +67,9 @@ def test_paddleslim_quantized_model_serves_like_ours(tmp_path: Path) -> None:
     ours = tmp_path / "ours"
     run(
         [sys.executable, "-m", "app", "quantize", "--model", fp32, "--output", ours, "--label-list", listing,
-         "--data-root", "/", "--algo", "abs_max", "--batch-size", "5", "--batch-nums", "2"],
+         "--data-root", "/", "--algo", "abs_max", "--batch-size", "5", "--batch-nums", "2",
+         # Paddle's stock recipe, as PaddleSlim runs it: batch norm unfolded, ReLU6 scales calibrated.
+         "--no-fuse-bn", "--unbounded-scales"],
         env,
     )  # fmt: skip
 
@@ -80,6 +82,8 @@ def test_paddleslim_quantized_model_serves_like_ours(tmp_path: Path) -> None:
     run([sys.executable, "-c", SLIM_SCRIPT, fp32 / "1", slim / "1", tmp_path / "calib.npy"], slim_env)
     shutil.copyfile(ours / "config.yaml", slim / "config.yaml")
 
+    # Statistics collected once and thresholds set by pdserve give PaddleSlim's weights and scales exactly.
+    assert (ours / "1" / "model.pdiparams").read_bytes() == (slim / "1" / "model.pdiparams").read_bytes()
     ours_out = LocalModel.open(ours).predictor().run(images)
     slim_out = LocalModel.open(slim).predictor().run(images)
     np.testing.assert_allclose(slim_out, ours_out, atol=1e-5)
