@@ -245,6 +245,7 @@ def collect(
     class Collector(base):  # type: ignore[misc,valid-type]
         def _sampling(self) -> None:
             super()._sampling()
+            progress("sample")
             if self._algo != "hist":
                 return
             from paddle.static.quantization import utils
@@ -256,7 +257,6 @@ def collect(
                 per_image = np.abs(tensor.reshape(tensor.shape[0], -1)).max(axis=1)
                 self.pd_batch_max.setdefault(name, []).append(float(per_image.max()))
                 self.pd_batch_avg.setdefault(name, []).append(float(per_image.mean()))
-            progress("sample")
 
         # Only the statistics are wanted: no graph rewriting, nothing saved.
         def _update_program(self) -> None:

@@ -279,7 +279,7 @@ class Search:
             self._check_time()
             folded = ", batch norm folded" if recipe.fuse_bn else ""
             what = f"calibrating ({kind}{folded}, {nums * self.batch_size} images)"
-            with progress_bar(nums * (2 if kind == "hist" else 1), what) as bar:
+            with progress_bar(nums, what) as bar:  # the sampling pass, batch by batch
                 cached = ptq.collect(
                     src,
                     self._batches(nums),
@@ -287,7 +287,7 @@ class Search:
                     nums,
                     algo=kind,
                     fuse_bn=recipe.fuse_bn,
-                    progress=lambda _: bar.update(2 if kind == "hist" else 1),
+                    progress=lambda _: bar.update(1),
                 )
             if self.cache_dir is not None:
                 ptq.save_cached(cached_path, cached)
