@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import resource
@@ -216,17 +217,9 @@ class Running:
             os.killpg(self.proc.pid, self.server.stop_signal)
             self.proc.wait(60)
         except (subprocess.TimeoutExpired, ProcessLookupError):
-            with _suppress():
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
-
-
-class _suppress:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> bool:
-        return True
 
 
 def _free_triple() -> int:

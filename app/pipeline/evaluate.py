@@ -64,7 +64,8 @@ class Evaluation:
         return (baseline.top1 - self.top1) * 100
 
 
-def _run(model: LocalModel, images: np.ndarray, batch_size: int) -> tuple[np.ndarray, float]:
+def predict_timed(model: LocalModel, images: np.ndarray, batch_size: int) -> tuple[np.ndarray, float]:
+    """Outputs for ``images`` at ``batch_size``, and images/s of ``predictor.run()`` alone (after a warm-up)."""
     predictor = model.predictor()
     predictor.run(images[:batch_size])  # warm-up
     outputs, seconds = [], 0.0
@@ -75,6 +76,34 @@ def _run(model: LocalModel, images: np.ndarray, batch_size: int) -> tuple[np.nda
             seconds += time.perf_counter() - start
             progress.update(len(batch))
     return np.concatenate(outputs), len(images) / seconds
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Top-1/top-5 of one model's outputs, paired with a reference model's top-1 when given."""
+
+    top1: float
+    top5: float
+    predicted: np.ndarray  # top-1 class per image
+    agreement: float | None = None
+    gained: int | None = None  # reference wrong, this right
+    lost: int | None = None  # reference right, this wrong
+
+
+def score(probs: np.ndarray, labels: np.ndarray, reference: np.ndarray | None = None) -> Scores:
+    """Score ``probs`` against ``labels``; ``reference`` is another model's top-1 per image."""
+    top5 = np.argsort(-probs, axis=1)[:, :5]
+    top1 = top5[:, 0]
+    right = top1 == labels
+    paired: dict[str, Any] = {}
+    if reference is not None:
+        ref_right = reference == labels
+        paired = {
+            "agreement": float((top1 == reference).mean()),
+            "gained": int((right & ~ref_right).sum()),
+            "lost": int((ref_right & ~right).sum()),
+        }
+    return Scores(float(right.mean()), float((top5 == labels[:, None]).any(axis=1).mean()), top1, **paired)
 
 
 def evaluate(
@@ -101,8 +130,7 @@ def evaluate(
         raise PipelineError("evaluation needs labelled images (a 'path label' list)")
 
     results: list[Evaluation] = []
-    first_top1: np.ndarray | None = None
-    first_right: np.ndarray | None = None
+    first: np.ndarray | None = None  # the first model's top-1, which the others are paired with
     for model in models:
         if data_file is None:
             assert samples is not None
@@ -110,27 +138,22 @@ def evaluate(
             if key not in cache:
                 cache[key] = load_images(samples, model.config.preprocessing)
             images = cache[key]
-        probs, rate = _run(model, images, batch_size)
-        top5 = np.argsort(-probs, axis=1)[:, :5]
-        top1 = top5[:, 0]
-        right = top1 == labels
-        agreement = None if first_top1 is None else float((top1 == first_top1).mean())
-        gained = None if first_right is None else int((right & ~first_right).sum())
-        lost = None if first_right is None else int((first_right & ~right).sum())
-        if first_top1 is None:
-            first_top1, first_right = top1, right
+        probs, rate = predict_timed(model, images, batch_size)
+        scores = score(probs, labels, first)
+        if first is None:
+            first = scores.predicted
         results.append(
             Evaluation(
                 model=model.name,
                 version=model.version,
                 precision=model.config.precision,
                 images=len(labels),
-                top1=float((top1 == labels).mean()),
-                top5=float((top5 == labels[:, None]).any(axis=1).mean()),
+                top1=scores.top1,
+                top5=scores.top5,
                 images_per_s=rate,
-                agreement=agreement,
-                gained=gained,
-                lost=lost,
+                agreement=scores.agreement,
+                gained=scores.gained,
+                lost=scores.lost,
                 calibration_overlap=len(calibration_overlap(model, samples)) if samples is not None else 0,
             )
         )

@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 
 from app.pipeline import ptq
-from app.pipeline.dataset import PipelineError, Sample, batches, load_images, progress_bar
-from app.pipeline.evaluate import LocalModel
+from app.pipeline.dataset import PipelineError, Sample, load_images, progress_bar
+from app.pipeline.evaluate import LocalModel, predict_timed, score
 from app.pipeline.export import write_config
 from app.pipeline.ptq import Recipe, Statistics
 
@@ -173,15 +173,8 @@ def onednn_report_hidden() -> Iterator[None]:
 
 
 def _predict(model: LocalModel, images: np.ndarray) -> tuple[np.ndarray, float]:
-    with onednn_report_hidden():
-        predictor = model.predictor()
-        predictor.run(images[:EVAL_BATCH])  # warm-up
-    outputs, seconds = [], 0.0
-    for batch in batches(images, EVAL_BATCH):
-        start = time.perf_counter()
-        outputs.append(predictor.run(batch))
-        seconds += time.perf_counter() - start
-    return np.concatenate(outputs), len(images) / seconds
+    with onednn_report_hidden():  # its progress bar too: a search prints one line per candidate instead
+        return predict_timed(model, images, EVAL_BATCH)
 
 
 class Search:
@@ -230,10 +223,8 @@ class Search:
         if (self.labels < 0).any():
             raise PipelineError("the evaluation list needs labels ('path label' lines)")
         self.reference, self.fp32_rate = _predict(self._threads(fp32), self.eval_images)
-        self.ref_top1 = self.reference.argmax(axis=1)
-        self.fp32_top1 = float((self.ref_top1 == self.labels).mean())
-        top5 = np.argsort(-self.reference, axis=1)[:, :5]
-        self.fp32_top5 = float((top5 == self.labels[:, None]).any(axis=1).mean())
+        ref = score(self.reference, self.labels)
+        self.ref_top1, self.fp32_top1, self.fp32_top5 = ref.predicted, ref.top1, ref.top5
         self.result = SearchResult(target_drop, self.fp32_top1, self.fp32_top5, self.fp32_rate, len(evaluation))
 
     def _threads(self, model: LocalModel) -> LocalModel:
@@ -311,19 +302,19 @@ class Search:
         write_config(folder, doc)
         self._built[recipe] = folder / "1"
         probs, rate = _predict(LocalModel.open(folder), self.eval_images)
-        top5 = np.argsort(-probs, axis=1)[:, :5]
-        top1 = top5[:, 0]
-        right, ref_right = top1 == self.labels, self.ref_top1 == self.labels
-        acc = float(right.mean())
-        drop = (self.fp32_top1 - acc) * 100
+        scores = score(probs, self.labels, self.ref_top1)
+        assert scores.agreement is not None  # paired with FP32, so all three are set
+        assert scores.gained is not None
+        assert scores.lost is not None
+        drop = (self.fp32_top1 - scores.top1) * 100
         candidate = Candidate(
             recipe=recipe,
             stage=stage,
-            top1=acc,
-            top5=float((top5 == self.labels[:, None]).any(axis=1).mean()),
-            agreement=float((top1 == self.ref_top1).mean()),
-            gained=int((right & ~ref_right).sum()),
-            lost=int((ref_right & ~right).sum()),
+            top1=scores.top1,
+            top5=scores.top5,
+            agreement=scores.agreement,
+            gained=scores.gained,
+            lost=scores.lost,
             divergence=_divergence(self.reference, probs),
             images_per_s=rate,
             drop=round(drop, 4),
