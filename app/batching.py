@@ -3,10 +3,12 @@
 Each caller awaits its own future. The loop blocks on the first queued item; from that item's
 arrival a batch has ``max_delay_s`` to fill up to ``max_batch_size``. It then waits for a free
 instance (at most ``concurrency`` batches run at once) and, having one, tops the batch up with
-whatever arrived meanwhile. Callers that have gone (cancelled futures) and items whose deadline
-has passed are dropped before the batch runs, so expired work is never executed. A failure of
-the batch call fails every caller in it; nothing else does. The queue is not bounded here:
-admission (``admission.py``) decides at the door.
+whatever arrived meanwhile. With ``sizes`` (the batch sizes the instances are warmed up for), a
+batch between two sizes is cut down to the smaller one and the rest stays first in the queue, for
+the next free instance: on a CPU a padded row costs as much as a real one. Callers that have
+gone (cancelled futures) and items whose deadline has passed are dropped before the batch runs,
+so expired work is never executed. A failure of the batch call fails every caller in it; nothing
+else does. The queue is not bounded here: admission (``admission.py``) decides at the door.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class BatchPolicy:
     max_batch_size: int
     max_delay_s: float
     concurrency: int = 1
+    sizes: tuple[int, ...] = ()  # cut batches down to the largest of these they fill; () = never
 
 
 @dataclass
@@ -138,6 +141,11 @@ class DynamicBatcher(Generic[In, Out]):
             item = self._queue.popleft()
             if self._live(item, now):
                 batch.append(item)
+        fits = [s for s in self._policy.sizes if s <= len(batch)]
+        if fits and max(fits) < len(batch):
+            keep = max(fits)
+            self._queue.extendleft(reversed(batch[keep:]))
+            del batch[keep:]
 
     async def _collect(self) -> list[_Item[In, Out]] | None:
         """Wait for a first live item, then fill until full or its deadline; None once closed and drained."""

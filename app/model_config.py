@@ -35,6 +35,12 @@ class Preprocessing(_Section):
     crop: PositiveInt = Field(224, description="Side of the center crop; must match the input's H and W.")
     mean: tuple[float, float, float] = Field((123.675, 116.28, 103.53), description="RGB, on 0..255 pixels.")
     std: tuple[float, float, float] = Field((58.395, 57.12, 57.375), description="RGB, on 0..255 pixels.")
+    reduced_jpeg_decode: bool = Field(
+        True,
+        description="Decode a JPEG whose shorter side is at least twice resize_shorter at 1/2, 1/4 or 1/8 scale "
+        "inside the JPEG decoder (still at least resize_shorter): a 12-megapixel photo decodes several times "
+        "faster. false: always decode every pixel.",
+    )
 
     @field_validator("std")
     @classmethod
@@ -90,6 +96,12 @@ class ModelConfig(_Section):
     batch_sizes: tuple[PositiveInt, ...] | None = Field(
         None, description="Batches are padded up to one of these; default: powers of two and max_batch_size."
     )
+    trim_batches: bool | None = Field(
+        None,
+        description="Cut a batch that falls between two of batch_sizes down to the smaller, leaving the rest "
+        "queued for the next batch, instead of padding it up: on a CPU each padded row costs as much as a real "
+        "one. Default: on for device cpu, off for gpu (where padding is nearly free).",
+    )
     max_queue_size: PositiveInt = Field(
         64,
         description="Images admitted but not yet dispatched (decoding + queued); beyond it 429 overloaded. "
@@ -142,6 +154,12 @@ class ModelConfig(_Section):
     @property
     def gpu_id(self) -> int | None:
         return int(self.device.split(":")[1]) if self.device.startswith("gpu") else None
+
+    @property
+    def trims_batches(self) -> bool:
+        if self.trim_batches is not None:
+            return self.trim_batches
+        return self.kind == "image" and self.gpu_id is None
 
     @property
     def padded_batch_sizes(self) -> tuple[int, ...]:

@@ -165,6 +165,7 @@ class ModelVersion:
             max_batch_size=self.config.max_batch_size,
             max_delay_s=self.config.max_queue_delay_ms / 1000,
             concurrency=self.config.instances,
+            sizes=self.config.padded_batch_sizes if self.config.trims_batches else (),
         )
         self.pool = pool
         admission_total = metrics.admission

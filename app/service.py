@@ -16,7 +16,7 @@ from app.batching import DynamicBatcher
 from app.errors import BadRequest, ImageTooLarge, InvalidImage, RequestTimeout, TooManyImages
 from app.lifecycle import Lifecycle
 from app.metrics import Metrics
-from app.preprocess import load_and_preprocess
+from app.preprocess import load_and_crop
 from app.repository import ModelRepository, ModelVersion
 from app.settings import Settings
 
@@ -66,7 +66,7 @@ class InferenceService:
 
     async def _decode(self, target: ModelVersion, images: list[bytes]) -> list[np.ndarray]:
         loop = asyncio.get_running_loop()
-        fn = partial(load_and_preprocess, spec=target.config.preprocessing, max_pixels=self.settings.max_image_pixels)
+        fn = partial(load_and_crop, spec=target.config.preprocessing, max_pixels=self.settings.max_image_pixels)
         tasks = [loop.run_in_executor(self._decoder, fn, data) for data in images]
         results = await asyncio.gather(*tasks, return_exceptions=True)
         for index, result in enumerate(results):

@@ -177,6 +177,8 @@ class Row:
     p99_ms: float
     cpu_ms_per_image: float
     peak_rss_mib: float
+    mean_batch: float | None = None  # pdserve: images per dispatched batch (from /metrics)
+    padding_pct: float | None = None  # pdserve: padded rows as a share of rows computed
 
 
 class Running:
@@ -267,6 +269,7 @@ def measure(
     def pick(i: int) -> Request:
         return requests[i % len(requests)]
 
+    batches_before = batch_counters(running)
     cpu_before = cpu_seconds(running.pids())
     with RssSampler(running) as rss:
         if mode == "closed":
@@ -275,6 +278,12 @@ def measure(
             results, elapsed = run(open_loop(target, pick, load, seconds))
     cpu = cpu_seconds(running.pids()) - cpu_before
     target.close()
+    batches_after = batch_counters(running)
+    mean_batch = padding_pct = None
+    if batches_before and batches_after:
+        count, images, padding = (a - b for a, b in zip(batches_after, batches_before, strict=True))
+        if count:
+            mean_batch, padding_pct = images / count, 100 * padding / max(images + padding, 1)
     ok = [r for r in results if r.status == 200]
     wrong = 0
     for r in ok:  # each request's kind is the index of its image
@@ -298,7 +307,22 @@ def measure(
         percentile(latencies, 99),
         1000 * cpu / max(len(ok), 1),
         rss.peak,
+        mean_batch,
+        padding_pct,
     )
+
+
+def batch_counters(running: Running) -> tuple[float, float, float] | None:
+    """pdserve's batches, images in them and padding rows so far, summed over models; None for peers."""
+    if not running.server.name.startswith("pdserve"):
+        return None
+    text = httpx.get(f"http://127.0.0.1:{running.port}/metrics", timeout=10).text
+    sums = {"pdserve_batch_size_count": 0.0, "pdserve_batch_size_sum": 0.0, "pdserve_padding_images_total": 0.0}
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in sums:
+            sums[name] += float(line.rsplit(" ", 1)[1])
+    return sums["pdserve_batch_size_count"], sums["pdserve_batch_size_sum"], sums["pdserve_padding_images_total"]
 
 
 def in_process(batch: int, threads: int, jpegs: list[bytes], seconds: float) -> dict[str, float]:
@@ -318,6 +342,32 @@ def in_process(batch: int, threads: int, jpegs: list[bytes], seconds: float) -> 
     after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (after.ru_utime - usage.ru_utime) + (after.ru_stime - usage.ru_stime)
     return {"images_per_s": images / elapsed, "cpu_ms_per_image": 1000 * cpu / images}
+
+
+def in_process_layout(instances: int, batch: int, threads: int, jpegs: list[bytes], seconds: float) -> dict[str, float]:
+    """``instances`` processes each running ``in_process`` at once: the limit of pdserve's own layout."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(instances) as pool:
+        parts = pool.starmap(in_process, [(batch, threads, jpegs, seconds)] * instances)
+    rate = sum(p["images_per_s"] for p in parts)
+    cpu = sum(p["cpu_ms_per_image"] * p["images_per_s"] for p in parts) / rate
+    return {"images_per_s": rate, "cpu_ms_per_image": cpu}
+
+
+def in_process_latency(threads: int, jpegs: list[bytes], seconds: float) -> float:
+    """Median milliseconds to classify one JPEG (decode + preprocess + predict at batch 1), no HTTP."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from peers.common import Classifier
+
+    classifier = Classifier(ROOT / "model_repo" / MODEL, threads)
+    times: list[float] = []
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        began = time.perf_counter()
+        classifier.top5([classifier.decode(jpegs[len(times) % len(jpegs)])])
+        times.append(1000 * (time.perf_counter() - began))
+    return percentile(times, 50)
 
 
 def plot(rows: list[Row], path: Path) -> bool:
@@ -350,7 +400,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--servers", nargs="+", default=["pdserve", "triton", "litserve", "fastapi", "pdserve-int8"])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
-    parser.add_argument("--rates", type=float, nargs="+", default=[30.0, 60.0], help="open-loop requests/s")
+    parser.add_argument("--rates", type=float, nargs="*", default=[30.0, 60.0], help="open-loop requests/s")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--delay-ms", type=float, default=0.0)
@@ -365,6 +415,17 @@ def main() -> int:
     limit = in_process(args.batch, args.threads, jpegs, args.seconds)
     print(f"in-process pipeline (batch {args.batch}, {args.threads} threads): {limit['images_per_s']:.1f} images/s, "
           f"{limit['cpu_ms_per_image']:.1f} CPU ms/image", flush=True)  # fmt: skip
+    instances, worker_threads = _pdserve_layout(args)
+    if (instances, worker_threads) != (1, args.threads):
+        layout = in_process_layout(instances, args.batch, worker_threads, jpegs, args.seconds)
+        limit["layout_images_per_s"], limit["layout_cpu_ms_per_image"] = layout.values()
+        limit["layout_instances"], limit["layout_threads"] = instances, worker_threads
+        print(f"in-process pipeline, pdserve's layout ({instances} processes x {worker_threads} threads, batch "
+              f"{args.batch}): {layout['images_per_s']:.1f} images/s, {layout['cpu_ms_per_image']:.1f} CPU ms/image",
+              flush=True)  # fmt: skip
+    for threads in sorted({args.threads, worker_threads}):
+        limit[f"batch1_p50_ms_{threads}_threads"] = latency = in_process_latency(threads, jpegs, args.seconds / 2)
+        print(f"in-process pipeline, batch 1, {threads} threads: p50 {latency:.1f} ms", flush=True)
     expected = _expected(jpegs, args.threads)
     repos = {folder: _repo(args, folder) for folder in (MODEL, f"{MODEL}_int8")}
     rows: list[Row] = []
@@ -407,6 +468,17 @@ def _expected(jpegs: list[bytes], threads: int) -> dict[str, list[int]]:
     return out
 
 
+def _pdserve_layout(args: argparse.Namespace) -> tuple[int, int]:
+    """pdserve's instances and math threads per worker in this run."""
+    if args.pdserve_layout:
+        instances, threads = (int(v) for v in args.pdserve_layout.split("x"))
+        return instances, threads
+    import yaml
+
+    doc = yaml.safe_load((ROOT / "model_repo" / MODEL / "config.yaml").read_text())
+    return int(doc["instances"]), int(doc["cpu_threads"])
+
+
 def _repo(args: argparse.Namespace, folder: str) -> Path:
     """A repository of one shipped model (instances and threads as shipped), with this run's batch limit and delay."""
     import shutil
@@ -433,21 +505,35 @@ def _line(r: Row) -> str:
         f"  p99 {r.p99_ms:6.0f} ms"
         f"  errors {r.errors}  shed {r.shed}  wrong {r.wrong}"
         f"  {r.cpu_ms_per_image:5.1f} CPU ms/img  {r.peak_rss_mib:6.0f} MiB"
+        + (f"  batch {r.mean_batch:4.1f} padding {r.padding_pct:4.1f}%" if r.mean_batch is not None else "")
     )
 
 
 def table(rows: list[Row], limit: dict[str, float]) -> str:
     out = [
-        "| server | load | requests/s | CPU ms per image | p50 ms | p90 ms | p99 ms | errors | 429 | peak RSS MiB |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| server | load | requests/s | CPU ms per image | p50 ms | p90 ms | p99 ms | errors | 429 | peak RSS MiB "
+        "| mean batch | padding |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         f"| in-process pipeline | - | {limit['images_per_s']:.1f} | {limit['cpu_ms_per_image']:.1f} "
-        "| - | - | - | - | - | - |",
+        "| - | - | - | - | - | - | - | - |",
     ]
+    if "layout_instances" in limit:
+        name = f"in-process, pdserve's layout ({limit['layout_instances']:.0f}x{limit['layout_threads']:.0f})"
+        out.append(
+            f"| {name} | - | {limit['layout_images_per_s']:.1f} | {limit['layout_cpu_ms_per_image']:.1f} "
+            "| - | - | - | - | - | - | - | - |"
+        )
+    for key, value in limit.items():
+        if key.startswith("batch1_p50_ms_"):
+            threads = key.removeprefix("batch1_p50_ms_").split("_")[0]
+            name = f"in-process, batch 1, {threads} threads"
+            out.append(f"| {name} | 1 client | - | - | {value:.1f} | - | - | - | - | - | 1 | - |")
     for r in rows:
         load = f"{int(r.load)} clients" if r.mode == "closed" else f"{r.load:g}/s open"
         out.append(
             f"| {r.server} | {load} | {r.rps:.1f} | {r.cpu_ms_per_image:.1f} | {r.p50_ms:.0f} | {r.p90_ms:.0f} | "
-            f"{r.p99_ms:.0f} | {r.errors + r.wrong} | {r.shed} | {r.peak_rss_mib:.0f} |"
+            f"{r.p99_ms:.0f} | {r.errors + r.wrong} | {r.shed} | {r.peak_rss_mib:.0f} | "
+            + (f"{r.mean_batch:.1f} | {r.padding_pct:.1f}% |" if r.mean_batch is not None else "- | - |")
         )
     return "\n".join(out)
 

@@ -113,8 +113,9 @@ class ProcessWorker:
         self._buffers = None if tensors else BatchBuffers(max(config.padded_batch_sizes), tuple(config.input.shape))
         try:
             parent_conn, child_conn = _CTX.Pipe()
-            shm_name = self._buffers.input_shm.name if self._buffers is not None else ""
-            spec = WorkerSpec(model, version_dir, config, shm_name, nice)
+            buffers = self._buffers
+            shm_name, crop_name = (buffers.input_shm.name, buffers.crop_shm.name) if buffers else ("", "")
+            spec = WorkerSpec(model, version_dir, config, shm_name, crop_name, nice)
             self._process: BaseProcess = _CTX.Process(
                 target=tensor_worker_main if tensors else worker_main,
                 args=(spec, child_conn),
@@ -170,8 +171,8 @@ class ProcessWorker:
 
     async def run(self, batch: Sequence[np.ndarray], size: int) -> tuple[list[np.ndarray], float]:
         assert self._buffers is not None, "an image model's batch"
-        self._buffers.write(batch, size)
-        (compute,) = await self._call(size)
+        kinds = self._buffers.write(batch)
+        (compute,) = await self._call((size, kinds))
         return self._buffers.read(len(batch)), compute
 
     async def run_tensors(self, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:

@@ -4,7 +4,9 @@
 meanwhile), so every predictor lives in its own process and the HTTP process never calls it.
 Only small tuples cross the pipe; images and outputs go through shared memory the parent owns.
 
-Protocol, parent -> worker: ``("output", shm_name)``, ``("run", batch_id, n)``, ``("stop",)``.
+Protocol, parent -> worker: ``("output", shm_name)``, ``("run", batch_id, (size, kinds))``, ``("stop",)``:
+the batch's rows are described by ``kinds`` (one letter each, see ``transport.py``) and padded to
+``size`` rows, a size the worker warmed up.
 Worker -> parent: ``("ready", out_shape, pid, slowest_warmup_s)``, ``("load_failed", message)``,
 ``("done", batch_id, compute_s)``, ``("failed", batch_id, message)``.
 """
@@ -26,8 +28,9 @@ import numpy as np
 
 from app.errors import PdserveError
 from app.model_config import ModelConfig
+from app.preprocess import Normalizer
 from app.runtime.predictor_config import LoadedPredictor
-from app.runtime.transport import array_on, attach
+from app.runtime.transport import CROP, array_on, attach, crop_shape
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class WorkerSpec:
     version_dir: Path
     config: ModelConfig
     input_shm: str
+    crop_shm: str = ""
     nice: int = 0
 
     @property
@@ -65,8 +69,12 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
     try:
         runner = LoadedPredictor(spec.config, spec.version_dir, spec.model)
         _ignore_group_signals()
-        in_shm = attach(spec.input_shm)
-        inputs = array_on(in_shm, (max(spec.batch_sizes), *spec.input_shape))
+        in_shm, crop_shm = attach(spec.input_shm), attach(spec.crop_shm)
+        largest = max(spec.batch_sizes)
+        inputs = array_on(in_shm, (largest, *spec.input_shape))
+        crops = array_on(crop_shm, (largest, *crop_shape(spec.input_shape)), np.uint8)
+        batch = np.zeros((largest, *spec.input_shape), np.float32)  # what the predictor reads
+        normalize = Normalizer(spec.config.preprocessing)
         out_shape: tuple[int, ...] = ()
         slowest = 0.0
         for size in spec.batch_sizes:  # warm every padded size now, not on the first request
@@ -98,18 +106,29 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
             out_shm = attach(msg[1])
             outputs = array_on(out_shm, (max(spec.batch_sizes), *out_shape))
             continue
-        _, batch_id, n = msg
+        _, batch_id, (size, kinds) = msg
         try:
             assert outputs is not None, "run before output buffer attached"
             start = time.perf_counter()
-            result = runner.run(inputs[:n])
+            n = len(kinds)
+            if kinds == CROP * n:  # the usual case: images, normalised all at once
+                normalize(crops[:n], out=batch[:n])
+            else:
+                for i, kind in enumerate(kinds):
+                    if kind == CROP:
+                        normalize(crops[i], out=batch[i])
+                    else:
+                        batch[i] = inputs[i]
+            batch[n:size] = 0  # padding rows keep the shapes oneDNN has seen to the warmed-up set
+            result = runner.run(batch[:size])
             compute = time.perf_counter() - start
-            outputs[:n] = result
+            outputs[:size] = result
             conn.send(("done", batch_id, compute))
         except Exception as exc:
             traceback.print_exc()
             conn.send(("failed", batch_id, f"{type(exc).__name__}: {exc}"))
-    del inputs, outputs
+    del inputs, crops, outputs
     in_shm.close()
+    crop_shm.close()
     if out_shm is not None:
         out_shm.close()

@@ -1,8 +1,9 @@
 """What every peer server shares with pdserve: the model files, the predictor setup and the preprocessing.
 
 A peer classifies JPEG bytes with the shipped model's config (``model_repo/<name>/config.yaml``):
-``app.preprocess.load_and_preprocess`` and ``app.runtime.predictor_config.LoadedPredictor``, the
-same code pdserve's workers run, so that the servers differ only in how they serve.
+``app.preprocess.load_and_crop`` per image, ``app.preprocess.Normalizer`` per batch and
+``app.runtime.predictor_config.LoadedPredictor``: the same code pdserve runs (its HTTP process crops,
+its workers normalise and predict), so that the servers differ only in how they serve.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from app.model_config import ModelConfig, load_model_config, version_folders  # noqa: E402
-from app.preprocess import load_and_preprocess  # noqa: E402
+from app.preprocess import Normalizer, load_and_crop  # noqa: E402
 
 MAX_PIXELS = 40_000_000
 
@@ -33,13 +34,15 @@ class Classifier:
         version = max(version_folders(model_dir))
         self.config: ModelConfig = config
         self.predictor = LoadedPredictor(config, model_dir / str(version), model_dir.name)
+        self.normalize = Normalizer(config.preprocessing)
         self.predictor.run(np.zeros((1, *config.input.shape), np.float32))  # warm-up
 
     def decode(self, data: bytes) -> np.ndarray:
-        return load_and_preprocess(data, self.config.preprocessing, MAX_PIXELS)
+        """JPEG bytes to a uint8 crop."""
+        return load_and_crop(data, self.config.preprocessing, MAX_PIXELS)
 
     def top5(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        probs = self.predictor.run(np.stack(images))
+        probs = self.predictor.run(self.normalize(np.stack(images)))
         classes = np.argsort(-probs, axis=1)[:, :5]
         return classes, np.take_along_axis(probs, classes, axis=1)
 

@@ -235,3 +235,28 @@ async def test_observer_sees_sizes_and_waits() -> None:
     await asyncio.gather(*(b.submit(i) for i in range(4)))
     assert seen == [(2, 2), (2, 2)]
     await b.close()
+
+
+async def test_batch_between_sizes_is_cut_down_and_the_rest_goes_next() -> None:
+    # 7 waiting, sizes (1, 2, 4, 8): a batch of 4 (not 7 padded to 8), then 2, then 1; order kept.
+    fn = Recorder()
+    fn.gate.clear()
+    b: DynamicBatcher[int, int] = DynamicBatcher(fn, BatchPolicy(8, 0.0, 1, sizes=(1, 2, 4, 8)))
+    b.start()
+    first = asyncio.ensure_future(b.submit(0))
+    await until(lambda: len(fn.batches) == 1)  # [0] runs and holds the only instance
+    rest = [asyncio.ensure_future(b.submit(i)) for i in range(1, 8)]
+    await until(lambda: b.queue_depth == 7)
+    fn.gate.set()
+    assert await asyncio.gather(first, *rest) == [i * 10 for i in range(8)]
+    assert fn.batches == [[0], [1, 2, 3, 4], [5, 6], [7]]
+    await b.close()
+
+
+async def test_batch_of_a_size_is_not_cut() -> None:
+    fn = Recorder()
+    b: DynamicBatcher[int, int] = DynamicBatcher(fn, BatchPolicy(3, HUGE, 1, sizes=(1, 2, 3)))
+    b.start()
+    await asyncio.gather(*(b.submit(i) for i in range(3)))
+    assert fn.batches == [[0, 1, 2]]
+    await b.close()

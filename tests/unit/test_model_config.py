@@ -75,3 +75,10 @@ def test_padded_batch_sizes_default_to_powers_of_two_and_the_maximum() -> None:
 def test_gpu_id() -> None:
     assert ModelConfig(device="cpu").gpu_id is None
     assert ModelConfig(device="gpu:1").gpu_id == 1
+
+
+def test_batches_are_trimmed_on_cpu_image_models_unless_configured() -> None:
+    assert ModelConfig().trims_batches
+    assert not ModelConfig(device="gpu:0").trims_batches
+    assert not ModelConfig(trim_batches=False).trims_batches
+    assert ModelConfig(device="gpu:0", trim_batches=True).trims_batches

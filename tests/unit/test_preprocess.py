@@ -11,7 +11,16 @@ from PIL import Image
 
 from app.errors import ImageTooLarge, InvalidImage
 from app.model_config import Preprocessing
-from app.preprocess import decode_image, load_and_preprocess, preprocess
+from app.preprocess import (
+    Normalizer,
+    crop,
+    decode_image,
+    jpeg_reduction,
+    load_and_crop,
+    load_and_preprocess,
+    preprocess,
+)
+from app.runtime.transport import CROP, TENSOR, BatchBuffers
 
 SPEC = Preprocessing(resize_shorter=256, crop=224, mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0))
 
@@ -200,3 +209,59 @@ def test_truncated_files_are_invalid(fmt: str) -> None:
 def test_camera_mpo_jpegs_are_accepted() -> None:
     data = _pillow(_rgb(), "MPO")
     assert decode_image(data, max_pixels=10_000).shape == (30, 40, 3)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "size", "factor"),
+    [
+        ("JPEG", (4032, 3024), 8),  # a phone photo: 1/8 is 504x378, shorter side still >= 256
+        ("JPEG", (1600, 1200), 4),
+        ("JPEG", (600, 520), 2),
+        ("JPEG", (600, 511), 1),  # under twice 256: every pixel
+        ("MPO", (4032, 3024), 8),
+        ("PNG", (4032, 3024), 1),  # only JPEG decoders scale in the DCT domain
+    ],
+)
+def test_jpeg_reduction_keeps_the_shorter_side_at_least_the_resize(
+    fmt: str, size: tuple[int, int], factor: int
+) -> None:
+    assert jpeg_reduction(fmt, *size, min_short_side=256) == factor
+    assert jpeg_reduction(fmt, *size, min_short_side=None) == 1
+
+
+def test_large_jpeg_is_decoded_at_reduced_scale_unless_turned_off() -> None:
+    rng = np.random.default_rng(0)
+    photo = encode(rng.integers(0, 255, (1100, 1300, 3), np.uint8), ".jpg")
+    assert decode_image(photo, 10**8, min_short_side=256).shape == (275, 325, 3)  # 1/4
+    assert decode_image(photo, 10**8).shape == (1100, 1300, 3)
+    off = SPEC.model_copy(update={"reduced_jpeg_decode": False})
+    assert load_and_crop(photo, SPEC, 10**8).shape == load_and_crop(photo, off, 10**8).shape == (224, 224, 3)
+
+
+def test_serving_split_equals_the_offline_preprocessing() -> None:
+    # The HTTP process crops (uint8), the worker normalises a whole batch: same numbers as preprocess().
+    rng = np.random.default_rng(1)
+    spec = Preprocessing(resize_shorter=40, crop=32)  # ImageNet mean/std: not powers of two
+    images = [rng.integers(0, 255, (50 + i, 60, 3), np.uint8) for i in range(3)]
+    crops = np.stack([crop(rgb, spec) for rgb in images])
+    assert crops.dtype == np.uint8
+    assert crops.shape == (3, 32, 32, 3)
+    batch = Normalizer(spec)(crops)
+    assert batch.dtype == np.float32
+    assert batch.flags.c_contiguous
+    for rgb, row in zip(images, batch, strict=True):
+        np.testing.assert_allclose(row, preprocess(rgb, spec), rtol=1e-6, atol=1e-6)
+    legacy = (crops[0].astype(np.float32) - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    np.testing.assert_allclose(batch[0], legacy.transpose(2, 0, 1), rtol=1e-6, atol=1e-6)
+
+
+def test_batch_buffers_carry_crops_and_tensors_side_by_side() -> None:
+    buffers = BatchBuffers(4, (3, 8, 8))
+    try:
+        kinds = buffers.write([np.ones((8, 8, 3), np.uint8), np.ones((3, 8, 8), np.float32)])
+        assert kinds == CROP + TENSOR
+        assert buffers.crop_shm.size >= 4 * 3 * 8 * 8
+        assert buffers.input_shm.size >= 4 * 3 * 8 * 8 * 4
+    finally:
+        buffers.close()
+        buffers.close()  # idempotent
