@@ -89,6 +89,11 @@ class ModelConfig(_Section):
     labels: str | None = Field(None, description="File of class names in class-id order, one a line.")
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
     device: str = Field("cpu", description="'cpu' or 'gpu:N'.")
+    engine: Literal["onednn", "openvino"] = Field(
+        "onednn",
+        description="CPU inference engine: Paddle's own kernels on oneDNN, or the OpenVINO engine in Paddle's CPU "
+        "wheel (faster at small batches on some models; pdserve tune checks its outputs match before choosing it).",
+    )
     instances: PositiveInt = Field(1, description="Worker processes, each with its own predictor.")
     cpu_threads: PositiveInt = Field(1, description="Math library threads per instance.")
     max_batch_size: PositiveInt = Field(8, description="Largest batch the batcher forms.")
@@ -128,6 +133,9 @@ class ModelConfig(_Section):
     )
     random_weights: bool = Field(False, description="True when the weights are untrained (exported for tests).")
     tensorrt: TensorRT = TensorRT()
+    tuned: dict[str, Any] | None = Field(
+        None, description="Written by pdserve tune: the goal, machine, load and measurement that chose these settings."
+    )
     calibration: dict[str, Any] | None = Field(
         None, description="How an int8 model was calibrated: algo, images, source, date, tool versions."
     )
@@ -147,6 +155,8 @@ class ModelConfig(_Section):
             raise ValueError(
                 f"preprocessing.crop ({self.preprocessing.crop}) must equal input H and W {self.input.shape}"
             )
+        if self.engine == "openvino" and self.device != "cpu":
+            raise ValueError("engine openvino runs on device cpu only")
         if self.batch_sizes is not None and max(self.batch_sizes) != self.max_batch_size:
             raise ValueError("the largest of batch_sizes must equal max_batch_size")
         return self

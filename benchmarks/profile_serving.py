@@ -23,9 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from loadgen import Request, Target, closed_loop, run  # noqa: E402
-from served import Served, cpu_seconds  # noqa: E402
-
+from app.pipeline.loadgen import Request, Target, closed_loop, run  # noqa: E402
+from app.pipeline.served import Served, cpu_seconds  # noqa: E402
 from tests.helpers import sample_list  # noqa: E402
 
 PY_SPY = ROOT / ".venv-bench" / "bin" / "py-spy"

@@ -42,10 +42,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from loadgen import Request, Target, closed_loop, open_loop, percentile, run  # noqa: E402
-from served import cpu_seconds, tree  # noqa: E402
-
 from app.pipeline.bench import rss_mib  # noqa: E402
+from app.pipeline.loadgen import Request, Target, closed_loop, open_loop, percentile, run  # noqa: E402
+from app.pipeline.served import cpu_seconds, tree  # noqa: E402
 from tests.helpers import free_port, sample_list  # noqa: E402
 
 BENCH_PYTHON = ROOT / ".venv-bench" / "bin" / "python"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +15,8 @@ import httpx
 import pytest
 import uvicorn
 import yaml
+
+from app.pipeline.served import free_port as free_port  # the tests import it from here
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_REPO = ROOT / "model_repo"
@@ -53,13 +54,6 @@ def sample_split(name: str) -> list[tuple[Path, int]]:
             rel, label = line.split()
             rows.append((root / rel, int(label)))
     return rows
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def wait_until(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:

@@ -59,8 +59,11 @@ def plan_predictor(config: ModelConfig, version_dir: Path, cuda_available: bool,
         if config.precision == "fp16":
             raise ModelLoadError(f"model {model!r}: precision fp16 needs device gpu:N; on CPU use fp32 or int8")
         plan.add("disable_gpu")
-        plan.add("enable_mkldnn")
         plan.add("set_cpu_math_library_num_threads", config.cpu_threads)
+        if config.engine == "openvino":
+            plan.add("enable_openvino_engine", Precision("Int8" if config.precision == "int8" else "Float32"))
+            return plan
+        plan.add("enable_mkldnn")
         if config.precision == "int8":
             # Without the oneDNN INT8 passes a quantized model runs 4-7x slower than FP32.
             plan.add("enable_mkldnn_int8")

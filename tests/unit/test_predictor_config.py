@@ -25,15 +25,29 @@ def test_cpu_fp32_uses_onednn_with_the_configured_threads(version_dir: Path) -> 
         "switch_ir_optim",
         "enable_memory_optim",
         "disable_gpu",
-        "enable_mkldnn",
         "set_cpu_math_library_num_threads",
+        "enable_mkldnn",
     ]
     assert plan.args("set_cpu_math_library_num_threads") == (3,)
 
 
+@pytest.mark.parametrize(("precision", "openvino_precision"), [("fp32", "Float32"), ("int8", "Int8")])
+def test_cpu_openvino_engine_replaces_onednn(version_dir: Path, precision: str, openvino_precision: str) -> None:
+    config = ModelConfig(engine="openvino", precision=precision, cpu_threads=2)
+    plan = plan_predictor(config, version_dir, cuda_available=False)
+    assert plan.args("enable_openvino_engine") == (Precision(openvino_precision),)
+    assert not {"enable_mkldnn", "enable_mkldnn_int8"} & set(plan.methods())
+    assert plan.args("set_cpu_math_library_num_threads") == (2,)
+
+
+def test_openvino_engine_is_cpu_only() -> None:
+    with pytest.raises(ValueError, match="openvino runs on device cpu only"):
+        ModelConfig(engine="openvino", device="gpu:0")
+
+
 def test_cpu_int8_adds_onednn_int8(version_dir: Path) -> None:
     plan = plan_predictor(ModelConfig(precision="int8"), version_dir, cuda_available=False)
-    assert plan.methods()[-2:] == ["set_cpu_math_library_num_threads", "enable_mkldnn_int8"]
+    assert plan.methods()[-2:] == ["enable_mkldnn", "enable_mkldnn_int8"]
     assert "enable_tensorrt_engine" not in plan.methods()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -12,13 +13,18 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from app.pipeline.bench import rss_mib
 
-from app.pipeline.bench import rss_mib  # noqa: E402
-from tests.helpers import free_port  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 def tree(pid: int) -> list[int]:
