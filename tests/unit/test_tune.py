@@ -11,7 +11,7 @@ BASE = Candidate(2, 1, 8, 0.0)
 
 
 def measured(rps: float, p50: float, p99: float, ok: bool = True, **changes: object) -> Measurement:
-    return Measurement(Candidate(**{**BASE.settings(), **changes}), "stage", ok, "", rps, p50, p99)  # type: ignore[arg-type]
+    return Measurement(Candidate(**{**BASE.settings(), **changes}), "stage", ok, "", rps, p50, p99)
 
 
 def test_layouts_use_every_core() -> None:
