@@ -53,16 +53,16 @@ STAGES: list[tuple[str, str]] = [
 
 
 def _preprocess_lines() -> dict[int, str]:
-    """Line numbers of app/preprocess.py's ``preprocess`` body, by what each line does."""
+    """Line numbers of app/preprocess.py's ``crop`` and ``Normalizer``, by what each line does."""
     lines = (ROOT / "app" / "preprocess.py").read_text().splitlines()
     out = {}
     for number, line in enumerate(lines, 1):
         if "cv2.resize" in line:
             out[number] = "resize (cv2.resize)"
-        elif "astype(np.float32)" in line or "-= np.asarray" in line or "/= np.asarray" in line:
-            out[number] = "crop + normalise (float32)"
-        elif "transpose(2, 0, 1)" in line:
-            out[number] = "HWC -> CHW copy"
+        elif "np.subtract" in line or "np.multiply" in line or "np.moveaxis" in line:
+            out[number] = "normalise + CHW (worker, whole batch)"
+        elif "np.ascontiguousarray(resized" in line:
+            out[number] = "crop (uint8 copy)"
     return out
 
 
