@@ -14,6 +14,7 @@ from app.api.errors import register_error_handlers
 from app.api.openapi import install_openapi
 from app.api.v2 import repository as v2_repository
 from app.api.v2 import routes as v2
+from app.gpu_metrics import GpuMonitor
 from app.metrics import Metrics
 from app.repository import ModelRepository, Overrides
 from app.runtime.process import WorkerOptions
@@ -32,7 +33,7 @@ def create_app(settings: Settings) -> FastAPI:
     """Build the app. Model configs are read now (a repository with no model folder refuses to
     start); models load in the background once the server runs, so ``/healthz`` answers at once
     and ``/readyz`` says what is still loading."""
-    metrics = Metrics()
+    metrics = Metrics(gpus=GpuMonitor())
     overrides = Overrides(device=settings.device, trt_cache_dir=settings.trt_cache_dir)
     workers = WorkerOptions(settings.worker_start_timeout_s, settings.worker_nice)
     repository = ModelRepository(settings.model_repo, metrics, workers, overrides)

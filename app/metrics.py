@@ -9,14 +9,18 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from app.gpu_metrics import GpuCollector, GpuMonitor
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, gpus: GpuMonitor | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        if gpus is not None and gpus.available:  # per-GPU series, read at scrape time; absent without a GPU
+            r.register(GpuCollector(gpus))
         self.request_latency = Histogram(
             "pdserve_request_duration_seconds",
             "Time from request received to response ready, by model and HTTP status.",

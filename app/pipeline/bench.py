@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from app.gpu_metrics import GpuMonitor
 from app.pipeline.dataset import Sample
 from app.pipeline.evaluate import LocalModel
 from app.preprocess import load_and_preprocess
@@ -75,7 +76,9 @@ def configuration(model: LocalModel, methods: list[str]) -> dict[str, Any]:
 def bench_model(
     model: LocalModel, batch_sizes: list[int], iterations: int, warmup: int, samples: list[Sample]
 ) -> list[dict[str, Any]]:
-    """One report per batch size. Inputs are real images when given, else random."""
+    """One report per batch size. Inputs are real images when given, else random. GPU memory and
+    utilisation come from NVML where there is a GPU, else they are None."""
+    gpus = GpuMonitor()
     predictor = model.predictor()
     spec = model.config.preprocessing
     shape = model.config.input.shape
@@ -104,6 +107,7 @@ def bench_model(
             top_k(row, 5, None)
         postprocess_ms = (time.perf_counter() - start) * 1000 / len(out)
         ms = np.array(times) * 1000
+        gpu = gpus.summary()  # read right after the timed runs: what this model left in use
         reports.append(
             {
                 "environment": env,
@@ -117,8 +121,8 @@ def bench_model(
                 },
                 "performance": {
                     "cpu_rss_mib": round(rss_mib(), 1),
-                    "gpu_memory_mib": None,
-                    "gpu_utilization": None,
+                    "gpu_memory_mib": gpu["gpu_memory_mib"],
+                    "gpu_utilization": gpu["gpu_utilization"],
                     "preprocess_ms_per_image": round(preprocess_ms, 3),
                     "inference_ms_per_batch": round(float(ms.mean()), 3),
                     "postprocess_ms_per_image": round(postprocess_ms, 4),
