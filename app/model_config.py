@@ -70,9 +70,24 @@ class TensorRT(_Section):
     workspace_size: PositiveInt = Field(1 << 30, description="Bytes TensorRT may use while building engines.")
     min_subgraph_size: PositiveInt = Field(3, description="Smallest subgraph handed to TensorRT.")
     use_static: bool = Field(False, description="Serialize built engines to cache_dir and reuse them.")
-    use_calib_mode: bool = Field(False, description="INT8 via TensorRT's own calibration table.")
+    use_calib_mode: bool = Field(
+        False,
+        description="Ignored: the model decides. A model with quantize/dequantize ops (pdserve quantize) runs "
+        "with TensorRT explicit quantization; a float model with precision int8 with TensorRT calibration "
+        "(pdserve calibrate). Kept so that older configs load.",
+    )
+    shape_mode: Literal["dynamic", "tuned", "static"] = Field(
+        "dynamic",
+        description="dynamic: one engine profile from dynamic_shape (or batch 1..max_batch_size at the input "
+        "shape). tuned: the shape ranges pdserve collect-shapes recorded (shape_range_info.pbtxt in the version "
+        "folder). static: one fixed shape, every batch padded to max_batch_size.",
+    )
     dynamic_shape: DynamicShape | None = Field(None, description="min/opt/max NCHW; derived from the input if unset.")
-    cache_dir: str | None = Field(None, description="Engine and calibration cache (set_optim_cache_dir).")
+    cache_dir: str | None = Field(
+        None,
+        description="Engine and calibration cache root (set_optim_cache_dir); each model version gets its own "
+        "folder below it, keyed by precision, shape profile and a hash of the weights.",
+    )
 
 
 class ModelConfig(_Section):
@@ -155,6 +170,19 @@ class ModelConfig(_Section):
             raise ValueError(
                 f"preprocessing.crop ({self.preprocessing.crop}) must equal input H and W {self.input.shape}"
             )
+        shape = self.tensorrt.dynamic_shape
+        if shape is not None:
+            rank = len(self.input.shape) + 1
+            if not len(shape.min) == len(shape.opt) == len(shape.max) == rank:
+                raise ValueError(
+                    f"tensorrt.dynamic_shape: min, opt and max must each have {rank} dimensions (N + input)"
+                )
+            if not all(lo <= mid <= hi for lo, mid, hi in zip(shape.min, shape.opt, shape.max, strict=True)):
+                raise ValueError("tensorrt.dynamic_shape: needs min <= opt <= max in every dimension")
+            if shape.max[0] < self.max_batch_size:
+                raise ValueError(
+                    f"tensorrt.dynamic_shape: max batch {shape.max[0]} is below max_batch_size {self.max_batch_size}"
+                )
         if self.engine == "openvino" and self.device != "cpu":
             raise ValueError("engine openvino runs on device cpu only")
         if self.batch_sizes is not None and max(self.batch_sizes) != self.max_batch_size:
@@ -174,6 +202,8 @@ class ModelConfig(_Section):
     @property
     def padded_batch_sizes(self) -> tuple[int, ...]:
         """Sizes batches are padded to: oneDNN allocates memory per input shape it sees."""
+        if self.gpu_id is not None and self.tensorrt.enabled and self.tensorrt.shape_mode == "static":
+            return (self.max_batch_size,)  # one engine shape: every batch is padded to it
         if self.batch_sizes is not None:
             return tuple(sorted(set(self.batch_sizes)))
         sizes = {1 << i for i in range(self.max_batch_size.bit_length()) if 1 << i <= self.max_batch_size}

@@ -6,6 +6,8 @@ the CPU-only build; ``build_predictor`` applies a plan to a real ``Config``.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,8 @@ from app.errors import ModelLoadError
 from app.model_config import ModelConfig
 
 GPU_MEMORY_POOL_MB = 256
+SHAPE_FILE = "shape_range_info.pbtxt"  # pdserve collect-shapes writes it into the version folder
+QDQ_OPS = (b"quantize_linear", b"dequantize_linear")
 _TRT_PRECISION = {"fp32": "Float32", "fp16": "Half", "int8": "Int8"}
 
 
@@ -76,29 +80,99 @@ def plan_predictor(config: ModelConfig, version_dir: Path, cuda_available: bool,
         )
     plan.add("enable_use_gpu", GPU_MEMORY_POOL_MB, gpu_id)
     trt = config.tensorrt
-    if trt.enabled:
-        plan.add(
-            "enable_tensorrt_engine",
-            trt.workspace_size,
-            config.max_batch_size,
-            trt.min_subgraph_size,
-            Precision(_TRT_PRECISION[config.precision]),
-            trt.use_static,
-            # A PTQ model carries its own scales; TensorRT calibration is only for an fp32 graph run as int8.
-            trt.use_calib_mode and config.precision == "int8",
+    quantized = is_quantized(model_file)
+    if not trt.enabled:
+        if config.precision != "fp32" or quantized:
+            raise ModelLoadError(
+                f"model {model!r}: precision {config.precision}"
+                f"{' with quantize/dequantize ops' if quantized else ''} on GPU needs tensorrt.enabled: true"
+            )
+        return plan
+    if quantized and config.precision != "int8":
+        raise ModelLoadError(
+            f"model {model!r} has quantize/dequantize ops (an INT8 model): set precision: int8 in its config.yaml"
         )
-        shape = trt.dynamic_shape
-        c, h, w = config.input.shape
-        mins = list(shape.min) if shape else [1, c, h, w]
-        opts = list(shape.opt) if shape else [config.max_batch_size, c, h, w]
-        maxs = list(shape.max) if shape else [config.max_batch_size, c, h, w]
+    mode = int8_mode(config, quantized)
+    plan.add(
+        "enable_tensorrt_engine",
+        trt.workspace_size,
+        config.max_batch_size,
+        trt.min_subgraph_size,
+        Precision(_TRT_PRECISION[config.precision]),
+        trt.use_static,
+        mode == "calibration",  # use_calib_mode: TensorRT's own calibration table (pdserve calibrate)
+    )
+    if mode == "explicit":  # the model's own scales, as pdserve quantize wrote them
+        plan.add("enable_tensorrt_explicit_quantization")
+    profile = shape_profile(config, version_dir, model)
+    if trt.shape_mode == "dynamic":
         name = config.input.name
-        plan.add("set_trt_dynamic_shape_info", {name: mins}, {name: maxs}, {name: opts})
-        if trt.cache_dir:
-            plan.add("set_optim_cache_dir", trt.cache_dir)
-    elif config.precision != "fp32":
-        raise ModelLoadError(f"model {model!r}: precision {config.precision} on GPU needs tensorrt.enabled: true")
+        plan.add("set_trt_dynamic_shape_info", {name: profile["min"]}, {name: profile["max"]}, {name: profile["opt"]})
+    elif trt.shape_mode == "tuned":
+        plan.add("enable_tuned_tensorrt_dynamic_shape", str(version_dir / SHAPE_FILE), True)
+    if trt.cache_dir:
+        plan.add("set_optim_cache_dir", str(engine_cache_dir(Path(trt.cache_dir), model, version_dir, config, profile)))
     return plan
+
+
+def is_quantized(model_file: Path) -> bool:
+    """Whether a legacy program holds quantize/dequantize ops (what pdserve quantize writes).
+
+    Op types are stored as plain strings in the program's protobuf, so a byte search finds them."""
+    data = model_file.read_bytes()
+    return any(op in data for op in QDQ_OPS)
+
+
+def int8_mode(config: ModelConfig, quantized: bool) -> str | None:
+    """How an INT8 TensorRT engine gets its scales: from the model's quantize/dequantize ops
+    ("explicit"), or from TensorRT calibration of a float model ("calibration"); None if not INT8."""
+    if config.precision != "int8":
+        return None
+    return "explicit" if quantized else "calibration"
+
+
+def shape_profile(config: ModelConfig, version_dir: Path, model: str = "") -> dict[str, Any]:
+    """What the engine's input shapes are: min/opt/max (dynamic), the collected ranges (tuned), or one shape."""
+    trt, shape = config.tensorrt, list(config.input.shape)
+    if trt.shape_mode == "tuned":
+        ranges = version_dir / SHAPE_FILE
+        if not ranges.is_file():
+            raise ModelLoadError(
+                f"model {model!r}: tensorrt.shape_mode tuned needs {ranges}; make it with "
+                f"pdserve collect-shapes {version_dir.parent} --data-dir IMAGES"
+            )
+        return {"mode": "tuned", "ranges_sha256": hashlib.sha256(ranges.read_bytes()).hexdigest()}
+    if trt.shape_mode == "static":
+        return {"mode": "static", "shape": [config.max_batch_size, *shape]}
+    given = trt.dynamic_shape
+    return {
+        "mode": "dynamic",
+        "min": list(given.min) if given else [1, *shape],
+        "opt": list(given.opt) if given else [config.max_batch_size, *shape],
+        "max": list(given.max) if given else [config.max_batch_size, *shape],
+    }
+
+
+def weights_digest(params_file: Path) -> str:
+    """The first 16 hex digits of the weights file's SHA-256."""
+    digest = hashlib.sha256()
+    with params_file.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def engine_cache_dir(root: Path, model: str, version_dir: Path, config: ModelConfig, profile: dict[str, Any]) -> Path:
+    """One folder per model, version, precision (and INT8 mode), shape profile and weights.
+
+    Paddle names serialized engines by graph, batch and precision, not by weights: two versions of
+    one architecture sharing a folder could load each other's engines. Here they cannot."""
+    quantized = is_quantized(version_dir / "model.pdmodel")
+    mode = int8_mode(config, quantized)
+    precision = config.precision + (f"-{mode}" if mode else "")
+    shapes = hashlib.sha256(json.dumps(profile, sort_keys=True).encode()).hexdigest()[:8]
+    weights = weights_digest(version_dir / "model.pdiparams")
+    return root / (model or "model") / version_dir.name / f"{precision}-{profile['mode']}-{shapes}-w{weights}"
 
 
 def build_predictor(plan: PredictorPlan) -> Any:
@@ -107,6 +181,8 @@ def build_predictor(plan: PredictorPlan) -> Any:
 
     cfg = inference.Config(str(plan.model_file), str(plan.params_file))
     for method, args in plan.calls:
+        if method == "set_optim_cache_dir":  # created on first start, reused after
+            Path(args[0]).mkdir(parents=True, exist_ok=True)
         resolved = [getattr(inference.PrecisionType, a.name) if isinstance(a, Precision) else a for a in args]
         getattr(cfg, method)(*resolved)
     return inference.create_predictor(cfg)

@@ -8,7 +8,14 @@ import pytest
 
 from app.errors import ModelLoadError
 from app.model_config import ModelConfig
-from app.runtime.predictor_config import Precision, plan_predictor
+from app.runtime.predictor_config import (
+    SHAPE_FILE,
+    Precision,
+    engine_cache_dir,
+    int8_mode,
+    plan_predictor,
+    shape_profile,
+)
 
 
 @pytest.fixture
@@ -83,18 +90,82 @@ def test_gpu_tensorrt_settings(version_dir: Path) -> None:
         {"x": [16, 3, 224, 224]},
         {"x": [16, 3, 224, 224]},
     )
-    assert plan.args("set_optim_cache_dir") == ("/c",)
+    (cache,) = plan.args("set_optim_cache_dir")
+    assert Path(cache).parent == Path("/c/model") / version_dir.name  # model, version
+    assert Path(cache).name.startswith("fp16-dynamic-")
 
 
-def test_gpu_int8_calibration_only_when_asked(version_dir: Path) -> None:
-    base = {"device": "gpu:0", "precision": "int8"}
-    ptq = plan_predictor(ModelConfig.model_validate(base), version_dir, cuda_available=True)
-    assert ptq.args("enable_tensorrt_engine")[3:] == (Precision("Int8"), False, False)
-    calib = ModelConfig.model_validate({**base, "tensorrt": {"use_calib_mode": True}})
-    assert plan_predictor(calib, version_dir, True).args("enable_tensorrt_engine")[5] is True
-    # use_calib_mode means nothing for an fp32 engine
+def test_gpu_int8_mode_is_decided_by_the_model(version_dir: Path) -> None:
+    int8 = ModelConfig.model_validate({"device": "gpu:0", "precision": "int8"})
+    # a float model run as INT8: TensorRT calibration (use_calib_mode), no explicit quantization
+    calibrated = plan_predictor(int8, version_dir, cuda_available=True)
+    assert calibrated.args("enable_tensorrt_engine")[3:] == (Precision("Int8"), False, True)
+    assert "enable_tensorrt_explicit_quantization" not in calibrated.methods()
+    # a model with quantize/dequantize ops (what pdserve quantize writes): its own scales
+    (version_dir / "model.pdmodel").write_bytes(b"...\x12\x0fquantize_linear...dequantize_linear...")
+    explicit = plan_predictor(int8, version_dir, cuda_available=True)
+    assert explicit.args("enable_tensorrt_engine")[3:] == (Precision("Int8"), False, False)
+    assert "enable_tensorrt_explicit_quantization" in explicit.methods()
+    with pytest.raises(ModelLoadError, match="has quantize/dequantize ops"):
+        plan_predictor(ModelConfig(device="gpu:0"), version_dir, cuda_available=True, model="m")
+    # use_calib_mode is ignored: the model decides
     fp32 = ModelConfig.model_validate({"device": "gpu:0", "tensorrt": {"use_calib_mode": True}})
+    (version_dir / "model.pdmodel").write_bytes(b"")
     assert plan_predictor(fp32, version_dir, True).args("enable_tensorrt_engine")[5] is False
+    assert int8_mode(fp32, quantized=False) is None
+
+
+def test_tuned_shapes_need_the_collected_file(version_dir: Path) -> None:
+    tuned = ModelConfig.model_validate({"device": "gpu:0", "tensorrt": {"shape_mode": "tuned"}})
+    with pytest.raises(ModelLoadError, match="pdserve collect-shapes"):
+        plan_predictor(tuned, version_dir, cuda_available=True, model="m")
+    (version_dir / SHAPE_FILE).write_text("shape_info { name: 'x' min_shape: 1 }")
+    plan = plan_predictor(tuned, version_dir, cuda_available=True)
+    assert plan.args("enable_tuned_tensorrt_dynamic_shape") == (str(version_dir / SHAPE_FILE), True)
+    assert "set_trt_dynamic_shape_info" not in plan.methods()
+
+
+def test_static_shapes_pad_every_batch_to_the_one_engine_shape(version_dir: Path) -> None:
+    static = ModelConfig.model_validate({"device": "gpu:0", "max_batch_size": 8, "tensorrt": {"shape_mode": "static"}})
+    assert static.padded_batch_sizes == (8,)
+    assert "set_trt_dynamic_shape_info" not in plan_predictor(static, version_dir, True).methods()
+    assert ModelConfig(max_batch_size=8, tensorrt={"shape_mode": "static"}).padded_batch_sizes == (1, 2, 4, 8)  # CPU
+
+
+@pytest.mark.parametrize(
+    ("shapes", "message"),
+    [
+        ({"min": [1, 3, 224, 224], "opt": [4, 3, 224, 224], "max": [2, 3, 224, 224]}, "min <= opt <= max"),
+        ({"min": [1, 3, 224, 224], "opt": [4, 3, 224, 224], "max": [4, 3, 224, 224]}, "below max_batch_size 8"),
+        ({"min": [1, 3, 224], "opt": [4, 3, 224], "max": [8, 3, 224]}, "4 dimensions"),
+    ],
+)
+def test_dynamic_shapes_are_checked_at_config_load(shapes: dict[str, list[int]], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ModelConfig.model_validate({"device": "gpu:0", "max_batch_size": 8, "tensorrt": {"dynamic_shape": shapes}})
+
+
+def test_engine_caches_are_keyed_by_version_precision_profile_and_weights(tmp_path: Path) -> None:
+    def version(name: str, weights: bytes) -> Path:
+        folder = tmp_path / "resnet" / name
+        folder.mkdir(parents=True)
+        (folder / "model.pdmodel").write_bytes(b"program")
+        (folder / "model.pdiparams").write_bytes(weights)
+        return folder
+
+    one, two = version("1", b"weights A"), version("2", b"weights B")
+    fp16 = ModelConfig(device="gpu:0", precision="fp16")
+
+    def cache(config: ModelConfig, folder: Path) -> Path:
+        return engine_cache_dir(Path("/cache"), "resnet", folder, config, shape_profile(config, folder))
+
+    assert cache(fp16, one) == cache(fp16, one)  # reused on the next start
+    assert cache(fp16, one).parts[:4] == ("/", "cache", "resnet", "1")
+    assert cache(fp16, one).name != cache(fp16, two).name  # other weights, other engines
+    assert cache(fp16, one) != cache(ModelConfig(device="gpu:0"), one)  # precision
+    assert cache(fp16, one) != cache(fp16.model_copy(update={"max_batch_size": 16}), one)  # profile
+    (two / "model.pdiparams").write_bytes(b"weights A")  # same weights, other version: still apart
+    assert cache(fp16, one) != cache(fp16, two)
 
 
 def test_explicit_dynamic_shapes_pass_through(version_dir: Path) -> None:

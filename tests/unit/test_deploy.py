@@ -1,0 +1,48 @@
+"""The deployment files agree with the server: a worker's start timeout ends before the startup probe gives up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from app.settings import Settings
+from tests.helpers import ROOT
+
+K8S = ROOT / "deploy" / "k8s"
+
+
+def _docs(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def _container(path: Path) -> dict[str, Any]:
+    (deployment,) = [d for d in _docs(path) if d.get("kind") == "Deployment"]
+    (container,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "pdserve"]
+    return dict(container)
+
+
+def _settings(*paths: Path) -> dict[str, str]:
+    merged: dict[str, str] = {}
+    for path in paths:
+        for doc in _docs(path):
+            if doc.get("kind") == "ConfigMap" and doc["metadata"]["name"] == "pdserve-settings":
+                merged.update(doc.get("data") or {})
+    return merged
+
+
+@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+def test_worker_start_timeout_ends_a_minute_or_two_before_the_startup_probe(overlay: str) -> None:
+    probe = _container(K8S / "base" / "deployment.yaml")["startupProbe"]
+    patches = sorted((K8S / "overlays" / overlay).glob("*.yaml"))
+    for patch in patches:
+        if any(d.get("kind") == "Deployment" for d in _docs(patch)):
+            probe = {**probe, **_container(patch).get("startupProbe", {})}
+    window = probe.get("initialDelaySeconds", 0) + probe["periodSeconds"] * probe["failureThreshold"]
+    settings = _settings(K8S / "base" / "configmap.yaml", *patches)
+    default = Settings.model_fields["worker_start_timeout_s"].default
+    timeout = float(settings.get("PDSERVE_WORKER_START_TIMEOUT_S", default))
+    assert timeout < window, f"{overlay}: workers get {timeout} s, the startup probe only {window} s"
+    assert window - timeout <= 120, f"{overlay}: the probe waits {window - timeout} s past the worker timeout"
