@@ -18,7 +18,8 @@ from app.preprocess import load_and_preprocess
 from app.service import top_k
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name, from /proc/cpuinfo."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -44,7 +45,7 @@ def environment() -> dict[str, Any]:
 
     env: dict[str, Any] = {
         "os": f"{platform.system()} {platform.release()}",
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cpu_cores": os.cpu_count(),
         "python": platform.python_version(),
         "paddle": paddle.version.full_version,

@@ -33,6 +33,7 @@ import httpx
 import yaml
 
 from app.model_config import CONFIG_FILE, load_model_config, version_folders
+from app.pipeline.bench import cpu_name
 from app.pipeline.dataset import PipelineError, progress_bar
 from app.pipeline.loadgen import Request, Target, closed_loop, percentile, run
 from app.pipeline.served import Served
@@ -331,7 +332,7 @@ class Tuner:
         tuned = {
             "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "goal": self._goal_text(),
-            "machine": f"{self.options.cores} cores, {_cpu_model()}",
+            "machine": f"{self.options.cores} cores, {cpu_name()}",
             "load": f"{1 if self.options.goal == 'latency' else self.options.clients} closed-loop clients, "
             f"{self.options.seconds:g} s, {len(self.jpegs)} images",
             "measured": {
@@ -347,16 +348,6 @@ class Tuner:
         path.write_text(update_config_text(path.read_text(), settings, tuned))
         load_model_config(self.model_dir)  # what was written must load
         return path
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def _line(m: Measurement) -> str:
