@@ -111,7 +111,8 @@ def plan_predictor(config: ModelConfig, version_dir: Path, cuda_available: bool,
     elif trt.shape_mode == "tuned":
         plan.add("enable_tuned_tensorrt_dynamic_shape", str(version_dir / SHAPE_FILE), True)
     if trt.cache_dir:
-        plan.add("set_optim_cache_dir", str(engine_cache_dir(Path(trt.cache_dir), model, version_dir, config, profile)))
+        cache = engine_cache_dir(Path(trt.cache_dir), model, version_dir, config, profile, quantized)
+        plan.add("set_optim_cache_dir", str(cache))
     return plan
 
 
@@ -162,12 +163,13 @@ def weights_digest(params_file: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def engine_cache_dir(root: Path, model: str, version_dir: Path, config: ModelConfig, profile: dict[str, Any]) -> Path:
+def engine_cache_dir(
+    root: Path, model: str, version_dir: Path, config: ModelConfig, profile: dict[str, Any], quantized: bool
+) -> Path:
     """One folder per model, version, precision (and INT8 mode), shape profile and weights.
 
     Paddle names serialized engines by graph, batch and precision, not by weights: two versions of
     one architecture sharing a folder could load each other's engines. Here they cannot."""
-    quantized = is_quantized(version_dir / "model.pdmodel")
     mode = int8_mode(config, quantized)
     precision = config.precision + (f"-{mode}" if mode else "")
     shapes = hashlib.sha256(json.dumps(profile, sort_keys=True).encode()).hexdigest()[:8]

@@ -157,7 +157,7 @@ def test_engine_caches_are_keyed_by_version_precision_profile_and_weights(tmp_pa
     fp16 = ModelConfig(device="gpu:0", precision="fp16")
 
     def cache(config: ModelConfig, folder: Path) -> Path:
-        return engine_cache_dir(Path("/cache"), "resnet", folder, config, shape_profile(config, folder))
+        return engine_cache_dir(Path("/cache"), "resnet", folder, config, shape_profile(config, folder), False)
 
     assert cache(fp16, one) == cache(fp16, one)  # reused on the next start
     assert cache(fp16, one).parts[:4] == ("/", "cache", "resnet", "1")
