@@ -6,9 +6,9 @@
 # project (hadolint checks this file in CI). See README, "Deploy with Docker".
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
-# Paddle publishes GPU images as paddle:<version>-gpu-cuda<x>-cudnn<y>-trt<z>; check the tag exists
-# for your Paddle version and driver before building (CUDA 12.6 needs driver >= 550).
-ARG GPU_BASE=paddlepaddle/paddle:3.3.1-gpu-cuda12.6-cudnn9.5-trt10.5
+# Paddle's own GPU image for Paddle 3.3 and CUDA 12.6, as Paddle's docs name it (README, GPU: the
+# sources); Docker Hub mirrors it as paddlepaddle/paddle:<same tag>. CUDA 12.6 needs driver >= 550.
+ARG GPU_BASE=ccr-2vdh3abv-pub.cnc.bj.baidubce.com/paddlepaddle/paddle:3.3.0-gpu-cuda12.6-cudnn9.5
 
 # ---- GPU -----------------------------------------------------------------------------------------
 FROM ${GPU_BASE} AS gpu
@@ -21,7 +21,10 @@ WORKDIR /srv/pdserve
 COPY pyproject.toml Makefile README.md ./
 COPY app ./app
 # Paddle (paddlepaddle-gpu) comes with the base image: PADDLE= installs no Paddle wheel over it.
-RUN make VENV=/opt/venv VENV_FLAGS=--system-site-packages PADDLE= PYTHON=python3 /opt/venv/.serve
+# The build fails on a base without CUDA Paddle and prints the TensorRT version Paddle was built
+# against (pdserve refuses TensorRT models with a clear reason when no TensorRT runtime loads).
+RUN make VENV=/opt/venv VENV_FLAGS=--system-site-packages PADDLE= PYTHON=python3 /opt/venv/.serve \
+ && /opt/venv/bin/python -c "import paddle, paddle.inference as i; assert paddle.device.is_compiled_with_cuda(), 'no CUDA Paddle'; print('TensorRT compiled', i.get_trt_compile_version())"
 COPY model_repo /models
 ENV PATH=/opt/venv/bin:$PATH \
     HOME=/tmp \

@@ -10,6 +10,11 @@ MODEL_REPO ?= model_repo
 PADDLE ?= cpu
 VENV_FLAGS ?=
 SPEC := .$(if $(PADDLE),[$(PADDLE)])
+# Paddle 3.x GPU wheels are on Paddle's own index, one channel per CUDA version (cu118, cu126, cu129,
+# cu130); PyPI's paddlepaddle-gpu stops at 2.6.2. The gpu extra asks for >=3.3, which only this index has.
+CUDA ?= cu126
+PADDLE_GPU_INDEX ?= https://www.paddlepaddle.org.cn/packages/stable/$(CUDA)/
+PIP_EXTRA := $(if $(filter gpu,$(PADDLE)),--extra-index-url $(PADDLE_GPU_INDEX))
 
 .PHONY: serve test lint typecheck unit model int8-model int8-search bench clean k8s-validate
 
@@ -18,7 +23,7 @@ $(BIN)/python:
 
 # One stamp per set of extras; a changed pyproject.toml reinstalls.
 $(VENV)/.serve: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '$(SPEC)'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(PIP_EXTRA) -e '$(SPEC)'
 	touch $@
 
 # PaddleSlim's pins replace opencv-python-headless with opencv-python 4.6 and break `import cv2`

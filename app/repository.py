@@ -278,7 +278,7 @@ class Overrides:
         return ModelConfig.model_validate({**config.model_dump(), **update}) if update else config
 
 
-def _scan_model(model_dir: Path, overrides: Overrides, quiet: bool = False) -> ModelEntry:
+def scan_model(model_dir: Path, overrides: Overrides, quiet: bool = False) -> ModelEntry:
     try:
         config = overrides.apply(load_model_config(model_dir))
         labels = _read_labels(model_dir, config)
@@ -320,7 +320,7 @@ class ModelRepository:
         """Read every model folder's config (fast, no Paddle); loading comes after."""
         self.default_model = default_model or self._repository_default()
         self.models = {
-            p.name: _scan_model(p, self._overrides)
+            p.name: scan_model(p, self._overrides)
             for p in sorted(self.root.iterdir())
             if p.is_dir() and not p.name.startswith((".", "_"))
         }
@@ -393,7 +393,7 @@ class ModelRepository:
             folder = self.root / name
             if name.startswith((".", "_")) or "/" in name or not folder.is_dir():
                 raise ModelNotFound(f"no model folder {name!r} in the repository")
-            fresh = _scan_model(folder, self._overrides)
+            fresh = scan_model(folder, self._overrides)
             if fresh.error is not None:
                 raise ModelLoadError(fresh.error)
             old = self.models.get(name)
@@ -436,7 +436,7 @@ class ModelRepository:
         found: dict[str, tuple[object, ...]] = {}
         for folder in self.folders():
             try:
-                entry = _scan_model(folder, self._overrides, quiet=True)
+                entry = scan_model(folder, self._overrides, quiet=True)
             except OSError:
                 continue
             versions = tuple(sorted((n, v.fingerprint) for n, v in entry.versions.items()))

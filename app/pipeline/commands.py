@@ -1,4 +1,5 @@
-"""The offline subcommands of ``pdserve``: export, quantize, evaluate, preprocess, calibrate, bench, tune."""
+"""The offline subcommands of ``pdserve``: export, quantize, evaluate, preprocess, calibrate, collect-shapes,
+build-engines, bench, tune."""
 
 from __future__ import annotations
 
@@ -184,6 +185,38 @@ def _calibrate(args: argparse.Namespace) -> None:
     _emit(args, result, f"calibrated {args.model} on {result['images']} images; table in {result['cache_dir']}")
 
 
+def _collect_shapes(args: argparse.Namespace) -> None:
+    from app.pipeline.engines import collect_shapes
+    from app.pipeline.evaluate import LocalModel
+
+    result = collect_shapes(LocalModel.open(args.model, args.version), _samples(args))
+    found = result["input"]
+    human = (
+        f"collected {result['tensors']} tensor shape ranges on {result['device']} (input {found['name']}: "
+        f"min {found['min']}, opt {found['opt']}, max {found['max']}) into {result['shape_file']}"
+    )
+    _emit(args, result, human)
+
+
+def _build_engines(args: argparse.Namespace) -> None:
+    from app.pipeline.engines import build_engines, format_build_report
+    from app.repository import Overrides
+
+    # The server's own overrides, from the same environment (PDSERVE_DEVICE, PDSERVE_TRT_CACHE_DIR).
+    device = args.device or os.environ.get("PDSERVE_DEVICE") or None
+    cache = args.cache_dir or (
+        Path(os.environ["PDSERVE_TRT_CACHE_DIR"]) if os.environ.get("PDSERVE_TRT_CACHE_DIR") else None
+    )
+    repo = args.model_repo or Path(os.environ.get("PDSERVE_MODEL_REPO", "model_repo"))
+    if not repo.is_dir():
+        raise PipelineError(f"model repository {repo} is not a folder")
+    results = build_engines(repo, Overrides(device=device, trt_cache_dir=cache), args.models)
+    _emit(args, results, format_build_report(results))
+    failed = [r for r in results if r["status"] == "failed"]
+    if failed:
+        raise PipelineError(f"{len(failed)} of {len(results)} could not be built")
+
+
 def _bench(args: argparse.Namespace) -> None:
     from app.pipeline.bench import bench_model, format_report
     from app.pipeline.evaluate import LocalModel
@@ -339,6 +372,17 @@ def register(sub: Any) -> None:
     _data_args(p)
     p.add_argument("--gpu", type=int, default=0)
     p.add_argument("--cache-dir", type=Path, help="where TensorRT keeps engines and the table")
+
+    p = add("collect-shapes", _collect_shapes, "record tensor shape ranges for tensorrt.shape_mode: tuned")
+    p.add_argument("model", type=Path, help="a model folder; the file goes into its version folder")
+    p.add_argument("--version", type=int, help="version folder (default: newest)")
+    _data_args(p)
+
+    p = add("build-engines", _build_engines, "build and cache TensorRT engines before serving (init container)")
+    p.add_argument("--model-repo", type=Path, help="default: PDSERVE_MODEL_REPO or model_repo")
+    p.add_argument("--models", nargs="+", help="only these model folders (default: all)")
+    p.add_argument("--device", help="override every model's device, e.g. gpu:0 (default: PDSERVE_DEVICE)")
+    p.add_argument("--cache-dir", type=Path, help="engine cache root (default: PDSERVE_TRT_CACHE_DIR)")
 
     p = add("tune", _tune, "measure serving configurations on this machine and write the best into config.yaml")
     p.add_argument("model", help="a model name in --model-repo, or a model folder")

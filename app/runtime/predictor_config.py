@@ -116,6 +116,49 @@ def plan_predictor(config: ModelConfig, version_dir: Path, cuda_available: bool,
     return plan
 
 
+def plan_shape_collection(
+    config: ModelConfig, version_dir: Path, cuda_available: bool, out_file: Path, model: str = ""
+) -> PredictorPlan:
+    """The predictor ``pdserve collect-shapes`` runs: it records the shape range of every tensor into
+    ``out_file`` (Paddle writes it when the predictor is destroyed).
+
+    As Paddle's tuned-dynamic-shape guide does, it runs on the model's own GPU without TensorRT; on a
+    build without CUDA, on the CPU. In this mode Paddle turns IR optimisation off itself (it logs "In
+    CollectShapeInfo mode, we will disable optimizations"), so every tensor is recorded under the name
+    the saved program gives it, whichever device collected it."""
+    plan = PredictorPlan(version_dir / "model.pdmodel", version_dir / "model.pdiparams")
+    if not plan.model_file.is_file() or not plan.params_file.is_file():
+        raise ModelLoadError(f"{version_dir}: needs model.pdmodel and model.pdiparams")
+    plan.add("disable_glog_info")
+    if config.gpu_id is not None and cuda_available:
+        plan.add("enable_use_gpu", GPU_MEMORY_POOL_MB, config.gpu_id)
+    else:
+        plan.add("disable_gpu")
+        plan.add("set_cpu_math_library_num_threads", config.cpu_threads)
+    plan.add("collect_shape_range_info", str(out_file))
+    return plan
+
+
+def read_shape_ranges(path: Path) -> dict[str, dict[str, list[int]]]:
+    """The entries of a collected shape file: tensor name -> min/max/opt shapes.
+
+    The file is a text protobuf: one ``shape_range_info { ... }`` block per tensor with ``name`` and
+    repeated ``min_shape``/``max_shape``/``opt_shape`` fields (what Paddle 3.3.1 writes)."""
+    ranges: dict[str, dict[str, list[int]]] = {}
+    current: dict[str, list[int]] | None = None
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if line.startswith("shape_range_info"):
+            current = {"min": [], "max": [], "opt": []}
+        elif line.startswith("name:") and current is not None:
+            ranges[line.split(":", 1)[1].strip().strip('"')] = current
+        elif current is not None and ":" in line:
+            key, value = (part.strip() for part in line.split(":", 1))
+            if key in ("min_shape", "max_shape", "opt_shape"):
+                current[key.removesuffix("_shape")].append(int(value))
+    return ranges
+
+
 def is_quantized(model_file: Path) -> bool:
     """Whether a legacy program holds quantize/dequantize ops (what pdserve quantize writes).
 
@@ -141,6 +184,14 @@ def shape_profile(config: ModelConfig, version_dir: Path, model: str = "") -> di
             raise ModelLoadError(
                 f"model {model!r}: tensorrt.shape_mode tuned needs {ranges}; make it with "
                 f"pdserve collect-shapes {version_dir.parent} --data-dir IMAGES"
+            )
+        found = read_shape_ranges(ranges).get(config.input.name)
+        if found is None or not found["min"] or not found["max"]:
+            raise ModelLoadError(f"model {model!r}: {ranges} has no shape range for input {config.input.name!r}")
+        if found["min"][0] > 1 or found["max"][0] < config.max_batch_size:
+            raise ModelLoadError(
+                f"model {model!r}: {ranges} covers batches {found['min'][0]}..{found['max'][0]}, not "
+                f"1..{config.max_batch_size} (max_batch_size); collect the shapes again"
             )
         return {"mode": "tuned", "ranges_sha256": hashlib.sha256(ranges.read_bytes()).hexdigest()}
     if trt.shape_mode == "static":
@@ -177,10 +228,47 @@ def engine_cache_dir(
     return root / (model or "model") / version_dir.name / f"{precision}-{profile['mode']}-{shapes}-w{weights}"
 
 
+def tensorrt_problem(compiled: tuple[int, ...], runtime: tuple[int, ...] | None) -> str | None:
+    """Why TensorRT cannot run with this Paddle, or None. ``compiled`` is the TensorRT version Paddle was
+    built against (0.0.0: none); ``runtime`` the libnvinfer it loads (None: it failed to load one).
+
+    Paddle's GPU wheels are built with TensorRT but, unless ``paddle.version.with_pip_tensorrt`` is ON,
+    do not install it; without libnvinfer, ``enable_tensorrt_engine`` fails only when the engine builds."""
+    want = ".".join(map(str, compiled))
+    if not any(compiled):
+        return (
+            "this Paddle build has no TensorRT (get_trt_compile_version() is 0.0.0): use Paddle's GPU image "
+            "or paddlepaddle-gpu from Paddle's package index (README, GPU), or set tensorrt.enabled: false"
+        )
+    if runtime is None or not any(runtime):
+        return (
+            f"Paddle was built against TensorRT {want} but loads no TensorRT runtime (libnvinfer): install "
+            f"TensorRT {compiled[0]}.x where the dynamic loader finds it (README, GPU), or set tensorrt.enabled: false"
+        )
+    if runtime[0] != compiled[0]:
+        return f"Paddle was built against TensorRT {want} but loads TensorRT {'.'.join(map(str, runtime))}"
+    return None
+
+
+def check_tensorrt() -> None:
+    """Raise ``ModelLoadError`` when this Paddle cannot run TensorRT (before minutes of engine building)."""
+    from paddle import inference
+
+    try:
+        runtime: tuple[int, ...] | None = tuple(inference.get_trt_runtime_version())
+    except Exception:  # Paddle's dynamic loader raises when libnvinfer is absent
+        runtime = None
+    problem = tensorrt_problem(tuple(inference.get_trt_compile_version()), runtime)
+    if problem:
+        raise ModelLoadError(problem)
+
+
 def build_predictor(plan: PredictorPlan) -> Any:
     """Apply a plan to a ``paddle.inference.Config`` and create the predictor (worker side only)."""
     from paddle import inference
 
+    if "enable_tensorrt_engine" in plan.methods():
+        check_tensorrt()
     cfg = inference.Config(str(plan.model_file), str(plan.params_file))
     for method, args in plan.calls:
         if method == "set_optim_cache_dir":  # created on first start, reused after
@@ -193,10 +281,12 @@ def build_predictor(plan: PredictorPlan) -> Any:
 class LoadedPredictor:
     """A Paddle predictor for one model version, with its plan; used by workers and offline tools."""
 
-    def __init__(self, config: ModelConfig, version_dir: Path, model: str = "") -> None:
+    def __init__(
+        self, config: ModelConfig, version_dir: Path, model: str = "", plan: PredictorPlan | None = None
+    ) -> None:
         import paddle
 
-        self.plan = plan_predictor(config, version_dir, paddle.device.is_compiled_with_cuda(), model)
+        self.plan = plan or plan_predictor(config, version_dir, paddle.device.is_compiled_with_cuda(), model)
         self.predictor = build_predictor(self.plan)
         self.input = self.predictor.get_input_handle(config.input.name)
         outputs = self.predictor.get_output_names()

@@ -46,3 +46,19 @@ def test_worker_start_timeout_ends_a_minute_or_two_before_the_startup_probe(over
     timeout = float(settings.get("PDSERVE_WORKER_START_TIMEOUT_S", default))
     assert timeout < window, f"{overlay}: workers get {timeout} s, the startup probe only {window} s"
     assert window - timeout <= 120, f"{overlay}: the probe waits {window - timeout} s past the worker timeout"
+
+
+def test_gpu_pods_build_their_engines_into_their_own_cache_before_serving() -> None:
+    (deployment,) = [
+        d for d in _docs(K8S / "overlays" / "gpu" / "deployment-gpu.yaml") if d.get("kind") == "Deployment"
+    ]
+    pod = deployment["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    assert init["command"] == ["pdserve", "build-engines"]
+    assert init["envFrom"] == _container(K8S / "base" / "deployment.yaml")["envFrom"]  # the server's settings
+    cache = _settings(K8S / "overlays" / "gpu" / "settings-gpu.yaml")["PDSERVE_TRT_CACHE_DIR"]
+    server = _container(K8S / "overlays" / "gpu" / "deployment-gpu.yaml")
+    for container in (init, server):
+        assert {"name": "trt-cache", "mountPath": cache} in container["volumeMounts"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "trt-cache"]
+    assert "emptyDir" in volume  # per pod: never one ReadWriteOnce volume shared by replicas

@@ -14,7 +14,10 @@ from app.runtime.predictor_config import (
     engine_cache_dir,
     int8_mode,
     plan_predictor,
+    plan_shape_collection,
+    read_shape_ranges,
     shape_profile,
+    tensorrt_problem,
 )
 
 
@@ -119,10 +122,53 @@ def test_tuned_shapes_need_the_collected_file(version_dir: Path) -> None:
     tuned = ModelConfig.model_validate({"device": "gpu:0", "tensorrt": {"shape_mode": "tuned"}})
     with pytest.raises(ModelLoadError, match="pdserve collect-shapes"):
         plan_predictor(tuned, version_dir, cuda_available=True, model="m")
-    (version_dir / SHAPE_FILE).write_text("shape_info { name: 'x' min_shape: 1 }")
+    (version_dir / SHAPE_FILE).write_text(shape_file("x", 1, 8))
     plan = plan_predictor(tuned, version_dir, cuda_available=True)
     assert plan.args("enable_tuned_tensorrt_dynamic_shape") == (str(version_dir / SHAPE_FILE), True)
     assert "set_trt_dynamic_shape_info" not in plan.methods()
+
+
+def shape_file(name: str, low: int, high: int) -> str:
+    """A shape file as Paddle 3.3.1 writes it (tests/e2e/test_engines.py makes a real one)."""
+    fields = "".join(f"  {key}_shape: {batch}\n  {key}_shape: 3\n" for key, batch in [("min", low), ("max", high)])
+    other = 'shape_range_info {\n  name: "conv.w_0"\n  min_shape: 8\n  max_shape: 8\n  opt_shape: 8\n}\n'
+    return other + f'shape_range_info {{\n  name: "{name}"\n{fields}  opt_shape: {high}\n  opt_shape: 3\n}}\n'
+
+
+def test_shape_files_are_read_per_tensor(tmp_path: Path) -> None:
+    path = tmp_path / SHAPE_FILE
+    path.write_text(shape_file("x", 1, 8))
+    assert read_shape_ranges(path) == {
+        "conv.w_0": {"min": [8], "max": [8], "opt": [8]},
+        "x": {"min": [1, 3], "max": [8, 3], "opt": [8, 3]},
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (shape_file("image", 1, 8), "no shape range for input 'x'"),
+        (shape_file("x", 1, 4), "covers batches 1..4, not 1..8"),
+        (shape_file("x", 2, 8), "covers batches 2..8"),
+    ],
+)
+def test_tuned_shapes_must_cover_every_batch_the_server_runs(version_dir: Path, text: str, message: str) -> None:
+    (version_dir / SHAPE_FILE).write_text(text)
+    tuned = ModelConfig.model_validate({"device": "gpu:0", "max_batch_size": 8, "tensorrt": {"shape_mode": "tuned"}})
+    with pytest.raises(ModelLoadError, match=message):
+        plan_predictor(tuned, version_dir, cuda_available=True, model="m")
+
+
+def test_shape_collection_runs_on_the_models_gpu_without_tensorrt_or_on_the_cpu(version_dir: Path) -> None:
+    out = version_dir / "ranges.partial"
+    gpu = ModelConfig.model_validate({"device": "gpu:1", "precision": "int8", "tensorrt": {"enabled": True}})
+    plan = plan_shape_collection(gpu, version_dir, True, out)
+    assert plan.args("enable_use_gpu")[1] == 1
+    assert plan.args("collect_shape_range_info") == (str(out),)
+    assert not [m for m in plan.methods() if "tensorrt" in m or "mkldnn" in m]
+    cpu = plan_shape_collection(gpu, version_dir, False, out)  # a build without CUDA: collected on the CPU
+    assert "disable_gpu" in cpu.methods()
+    assert "enable_use_gpu" not in cpu.methods()
 
 
 def test_static_shapes_pad_every_batch_to_the_one_engine_shape(version_dir: Path) -> None:
@@ -186,3 +232,25 @@ def test_gpu_without_tensorrt_is_plain_cuda_fp32_only(version_dir: Path) -> None
 def test_missing_model_files(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match=r"needs model.pdmodel and model.pdiparams"):
         plan_predictor(ModelConfig(), tmp_path, cuda_available=False)
+
+
+@pytest.mark.parametrize(
+    ("compiled", "runtime", "message"),
+    [
+        ((0, 0, 0), (0, 0, 0), "this Paddle build has no TensorRT"),  # the CPU wheel (checked below)
+        ((10, 5, 0), None, "built against TensorRT 10.5.0 but loads no TensorRT runtime"),  # wheel without libnvinfer
+        ((10, 5, 0), (8, 6, 1), "loads TensorRT 8.6.1"),
+        ((10, 5, 0), (10, 7, 0), None),
+    ],
+)
+def test_tensorrt_is_checked_before_engines_are_built(
+    compiled: tuple[int, ...], runtime: tuple[int, ...] | None, message: str | None
+) -> None:
+    problem = tensorrt_problem(compiled, runtime)
+    assert problem is None if message is None else message in (problem or "")
+
+
+def test_the_cpu_wheel_reports_no_tensorrt() -> None:
+    from paddle import inference
+
+    assert tuple(inference.get_trt_compile_version()) == (0, 0, 0)
