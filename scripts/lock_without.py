@@ -16,7 +16,7 @@ def without(text: str, names: set[str]) -> str:
     for line in text.splitlines():
         if not line.startswith((" ", "\t")):  # a new entry or comment starts at column 0
             match = re.match(r"([A-Za-z0-9_.-]+)\s*==", line)
-            skipping = bool(match) and re.sub(r"[-_.]+", "-", match.group(1)).lower() in names
+            skipping = match is not None and re.sub(r"[-_.]+", "-", match.group(1)).lower() in names
         if not skipping:
             kept.append(line)
     return "\n".join(kept) + "\n"
