@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from app.errors import InferenceFailed, RequestTimeout, ShuttingDown
+from app.request_log import RequestRecord
+from app.request_log import current as current_request
 
 log = logging.getLogger(__name__)
 In = TypeVar("In")
@@ -45,6 +47,7 @@ class _Item(Generic[In, Out]):
     enqueued: float
     deadline: float = math.inf
     dispatched: bool = field(default=False)
+    request: RequestRecord | None = None  # the request it belongs to: its access line gets the timings
 
 
 class BatchObserver:
@@ -87,7 +90,7 @@ class DynamicBatcher(Generic[In, Out]):
         if self._closed:
             raise ShuttingDown("server is shutting down")
         loop = asyncio.get_running_loop()
-        item: _Item[In, Out] = _Item(value, loop.create_future(), loop.time(), deadline)
+        item: _Item[In, Out] = _Item(value, loop.create_future(), loop.time(), deadline, request=current_request())
         self._waiting += 1
         item.future.add_done_callback(lambda _: self._left(item))
         self._queue.append(item)
@@ -219,6 +222,9 @@ class DynamicBatcher(Generic[In, Out]):
         try:
             start = loop.time()
             self._observer.dispatched(len(batch), [start - item.enqueued for item in batch])
+            for item in batch:
+                if item.request is not None:
+                    item.request.dispatched(start - item.enqueued)
             try:
                 outputs = await self._fn([item.value for item in batch])
                 if len(outputs) != len(batch):
@@ -228,7 +234,11 @@ class DynamicBatcher(Generic[In, Out]):
                     if not item.future.done():
                         item.future.set_exception(exc)
                 return
-            self._observer.completed(len(batch), loop.time() - start)
+            elapsed = loop.time() - start
+            self._observer.completed(len(batch), elapsed)
+            for item in batch:
+                if item.request is not None:
+                    item.request.computed(elapsed, len(batch))
             for item, out in zip(batch, outputs, strict=True):
                 if not item.future.done():
                     item.future.set_result(out)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import warnings
 from pathlib import Path
@@ -15,12 +14,14 @@ from app.errors import PdserveError
 
 def _serve(args: argparse.Namespace) -> int:
     from app.factory import create_app
+    from app.request_log import configure_logging
     from app.server import build_server
     from app.settings import Settings
 
-    overrides = {k: v for k, v in {"host": args.host, "port": args.port, "model_repo": args.model_repo}.items() if v}
+    overrides = {name: getattr(args, name) for name in Settings.model_fields if getattr(args, name, None) is not None}
     try:
         settings = Settings(**overrides)
+        configure_logging(settings.log_level, settings.log_format)
         app = create_app(settings)
     except ValidationError as exc:
         print(f"pdserve: invalid settings: {exc}", file=sys.stderr)
@@ -28,18 +29,48 @@ def _serve(args: argparse.Namespace) -> int:
     except PdserveError as exc:
         print(f"pdserve: {exc.message}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     build_server(app, settings).run()
     return 0
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """One option per ``Settings`` field, with its description, default and environment variable: the
+    settings class is the one source of truth (an option wins over the variable)."""
+    from typing import Literal, get_args, get_origin
+
+    from pydantic import SecretStr
+
+    from app.settings import Settings
+
+    prefix = str(Settings.model_config.get("env_prefix", ""))
+    for name, field in Settings.model_fields.items():
+        env = f"{prefix}{name}".upper()
+        default = "unset" if field.default is None else field.default
+        help_text = f"{field.description or ''} (default {default}; {env})".strip()
+        kwargs: dict[str, object] = {"dest": name, "default": None, "help": help_text}
+        kinds = [t for t in (get_args(field.annotation) or (field.annotation,)) if t is not type(None)]
+        kind = kinds[0]
+        if get_origin(field.annotation) is Literal:
+            kwargs["choices"] = list(get_args(field.annotation))
+        elif kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif kind is SecretStr:
+            kwargs["metavar"] = "SECRET"
+            kwargs["help"] = f"{help_text}; prefer the environment variable: options show in ps"
+        elif kind in (int, float, Path):
+            kwargs["type"] = kind
+        parser.add_argument("--" + name.replace("_", "-"), **kwargs)  # type: ignore[arg-type]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pdserve", description="Serve and prepare PaddlePaddle image models.")
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="serve a model repository over HTTP")
-    serve.add_argument("--host", help="address to bind (default 127.0.0.1; PDSERVE_HOST)")
-    serve.add_argument("--port", type=int, help="port (default 8000; PDSERVE_PORT)")
-    serve.add_argument("--model-repo", type=Path, help="model repository (default model_repo; PDSERVE_MODEL_REPO)")
+    serve = sub.add_parser(
+        "serve",
+        help="serve a model repository over HTTP",
+        description="Serve a model repository over HTTP. Every setting is an option and a PDSERVE_* variable.",
+    )
+    add_settings_arguments(serve)
     serve.set_defaults(func=_serve)
     from app.pipeline.commands import register
 

@@ -159,7 +159,10 @@ class ModelVersion:
             await pool.start()
         except PdserveError as exc:
             self.state, self.error = ModelState.FAILED, exc.message
-            log.error("model %s version %d failed to load: %s", self.name, self.version, exc.message)
+            log.error(
+                "model %s version %d failed to load: %s", self.name, self.version, exc.message,
+                extra={"event": "version_failed", "model": self.name, "version": self.version, "reason": exc.message},
+            )  # fmt: skip
             return
         policy = BatchPolicy(
             max_batch_size=self.config.max_batch_size,
@@ -181,7 +184,11 @@ class ModelVersion:
         self.batcher = DynamicBatcher(run, policy, observer)
         self.batcher.start()
         self.state = ModelState.READY
-        log.info("model %s version %d ready (%d instances)", self.name, self.version, self.config.instances)
+        log.info(
+            "model %s version %d ready (%d instances)", self.name, self.version, self.config.instances,
+            extra={"event": "version_ready", "model": self.name, "version": self.version,
+                   "instances": self.config.instances},
+        )  # fmt: skip
 
     async def unload(self) -> None:
         if self.batcher is not None:

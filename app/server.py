@@ -70,6 +70,8 @@ def build_server(app: FastAPI, settings: Settings, **config: object) -> Draining
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=None,  # pdserve configures logging (request_log.configure_logging)
+        access_log=False,  # replaced by pdserve.access, with the request id, model and timings
         timeout_graceful_shutdown=int(settings.graceful_shutdown_s),
         **config,  # type: ignore[arg-type]
     )

@@ -18,6 +18,7 @@ from app.lifecycle import Lifecycle
 from app.metrics import Metrics
 from app.preprocess import load_and_crop
 from app.repository import ModelRepository, ModelVersion
+from app.request_log import current as current_request
 from app.settings import Settings
 
 Batcher = DynamicBatcher[Any, Any]
@@ -173,6 +174,9 @@ class InferenceService:
         loop = asyncio.get_running_loop()
         started = loop.time()
         admission.admit(count, seconds_until(deadline, started))
+        record = current_request()
+        if record is not None:
+            record.images = count
         stage, ok = "decoding", False
         try:
             async with asyncio.timeout_at(deadline):
@@ -181,6 +185,8 @@ class InferenceService:
                 finally:
                     admission.decoded(count)
                 stage = "batching"
+                if record is not None:
+                    record.queued()
                 outputs = await self._submit_all(batcher, inputs, deadline)
             ok = True
         except TimeoutError:

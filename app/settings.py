@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -15,8 +16,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PDSERVE_", frozen=True)
 
     model_repo: Path = Field(Path("model_repo"), description="Folder of model folders.")
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
+    host: str = Field("127.0.0.1", description="Address to bind; 0.0.0.0 for every interface.")
+    port: int = Field(8000, ge=0, le=65535, description="Port to bind.")
     default_model: str | None = Field(None, description="Model used when a request names none.")
     max_body_bytes: int = Field(16 << 20, gt=0, description="Larger request bodies get 413.")
     max_image_pixels: int = Field(40_000_000, gt=0, description="Larger images get 400 before decoding.")
@@ -62,7 +63,12 @@ class Settings(BaseSettings):
     strict_readiness: bool = Field(
         True, description="/readyz needs every required model serving; false: any one model serving."
     )
-    log_level: str = "info"
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="Lowest level logged; access lines of probes and scrapes are debug."
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="json: one JSON object per line, with request ids, access fields and worker events."
+    )
     device: str | None = Field(None, description="Overrides every model's device, e.g. gpu:0 in the GPU image.")
     trt_cache_dir: Path | None = Field(
         None, description="Overrides every model's tensorrt.cache_dir (and sets use_static) so engines persist."

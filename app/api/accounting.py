@@ -14,6 +14,7 @@ from starlette.requests import Request
 from app.api.inputs import wait_for_disconnect
 from app.errors import ClientDisconnected, Overloaded, PdserveError
 from app.repository import ModelVersion
+from app.request_log import current as current_request
 from app.service import InferenceService
 
 T = TypeVar("T")
@@ -40,6 +41,9 @@ class Accounted:
         self._service.limits.enter()
         self._entered = True
         self._target = target
+        record = current_request()
+        if record is not None:
+            record.target(target.name, target.version)
         target.hold()  # a reload retires this version only after this request is done
         self._service.metrics.inflight.labels(self.label).inc()
 

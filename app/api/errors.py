@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.auth import redact
 from app.errors import PdserveError
+from app.request_log import RequestIds, current_id
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +35,11 @@ V2_PREFIX = "/v2"
 def error_response(
     path: str, status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
+    request_id = current_id()  # also in the X-Request-ID header; in the body for clients that log bodies
     if path == V2_PREFIX or path.startswith(V2_PREFIX + "/"):
-        return JSONResponse({"error": message}, status_code=status, headers=headers)
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+        return JSONResponse({"error": message, "request_id": request_id}, status_code=status, headers=headers)
+    body = {"code": code, "message": message, "request_id": request_id}
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
 async def _pdserve_error(request: Request, exc: Exception) -> JSONResponse:
@@ -95,3 +98,4 @@ def register_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_middleware(CatchAll)
+    app.add_middleware(RequestIds)  # outermost: its access line sees the 500s CatchAll writes

@@ -30,6 +30,7 @@ class BatchPredictResponse(BaseModel):
 class ErrorBody(BaseModel):
     code: str = Field(examples=["invalid_image"])
     message: str = Field(examples=["cannot decode image: not a JPEG, PNG, WebP or BMP file"])
+    request_id: str | None = Field(None, description="The request's id, as in its X-Request-ID response header.")
 
 
 class ErrorResponse(BaseModel):

@@ -53,6 +53,7 @@ TRANSITIONS: dict[tuple[InstanceState, str], InstanceState] = {
     **{(state, "stop"): S.STOPPED for state in InstanceState},
 }
 SERVING = frozenset({S.READY, S.BUSY})
+PER_BATCH_EVENTS = frozenset({"dispatch", "finished"})  # not logged: one pair per batch
 
 
 class IllegalTransition(RuntimeError):
@@ -117,7 +118,15 @@ class Instance:
         new = TRANSITIONS.get((self.state, event))
         if new is None:
             raise IllegalTransition(f"instance {self.index}: no transition from {self.state} on {event!r}")
-        self.state = new
+        old, self.state = self.state, new
+        if event not in PER_BATCH_EVENTS:  # lifecycle events, one structured line each
+            log.log(
+                logging.ERROR if new in (S.BACKOFF, S.FAILED) else logging.INFO,
+                "model %s: instance %d: %s (%s -> %s)",
+                self.model, self.index, event, old, new,
+                extra={"event": f"worker_{event}", "model": self.model, "instance": self.index, "pid": self.pid,
+                       "state": str(new), "reason": self.error if new in (S.BACKOFF, S.FAILED) else None},
+            )  # fmt: skip
         self._on_change(self)
 
     # ---- starting ------------------------------------------------------------------------
@@ -186,7 +195,6 @@ class Instance:
         if worker is not self.worker or self.state not in SERVING:
             return  # already retired: the exit callback and the batch both report one death
         self.error = reason
-        log.error("model %s: instance %d: %s", self.model, self.index, reason)
         self._move(event)
         self._restart_task = asyncio.get_running_loop().create_task(self._restart(worker))
 
@@ -205,7 +213,6 @@ class Instance:
                 except Exception as exc:
                     self.failed_starts += 1
                     self.error = f"start {self.failed_starts} failed: {getattr(exc, 'message', None) or exc!r}"
-                    log.error("model %s: instance %d: %s", self.model, self.index, self.error)
                     if self.failed_starts >= self._policy.max_failed_starts:
                         self.error = f"gave up after {self.failed_starts} failed starts; last: {self.error}"
                         self._move("gave_up")
@@ -214,7 +221,6 @@ class Instance:
                     continue
                 self.failed_starts = 0
                 self._move("started")
-                log.info("model %s: instance %d restarted as pid %s", self.model, self.index, self.pid)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug here must not leave the slot in limbo

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -202,3 +203,27 @@ def test_sigterm_turns_readiness_off_keeps_serving_through_the_drain_delay_and_e
         assert "Application shutdown complete" in server.log()
     finally:
         server.stop()
+
+
+def test_json_logs_follow_a_request_by_its_id(tmp_path: Path) -> None:
+    """``pdserve serve`` with PDSERVE_LOG_FORMAT=json: every line is JSON; the id a client sends comes
+    back in the response and in the request's access line; worker start-up is a structured event."""
+    server = MakeServe(
+        tmp_path / "serve.log", make_repo(tmp_path, {"instances": 1}), {"PDSERVE_LOG_FORMAT": "json"}, direct=True
+    )
+    try:
+        server.wait_ready()
+        photo = sample_list(1)[0][0].read_bytes()
+        r = httpx.post(f"{server.url}/predict", content=photo, headers={**JPEG, "X-Request-ID": "trace-7"})
+        assert r.status_code == 200
+        assert r.headers["x-request-id"] == "trace-7"
+    finally:
+        server.stop()
+    lines = [json.loads(line) for line in server.log_path.read_text().splitlines() if line.startswith("{")]
+    (access,) = [doc for doc in lines if doc.get("request_id") == "trace-7" and doc["logger"] == "pdserve.access"]
+    assert access["status"] == 200
+    assert access["model"] == DEFAULT_MODEL
+    assert access["images"] == 1
+    assert {"admission_ms", "queue_ms", "compute_ms", "total_ms", "batch_size"} <= access.keys()
+    events = {doc.get("event") for doc in lines}
+    assert {"worker_started", "version_ready"} <= events

@@ -45,7 +45,8 @@ def assert_error(response: httpx.Response, status: int, code: str) -> str:
     assert response.status_code == status, response.text
     body = response.json()
     assert set(body) == {"error"}
-    assert set(body["error"]) == {"code", "message"}
+    assert set(body["error"]) == {"code", "message", "request_id"}
+    assert body["error"]["request_id"] == response.headers["x-request-id"]
     assert body["error"]["code"] == code, body
     message: str = body["error"]["message"]
     return message
@@ -186,7 +187,13 @@ def test_the_connection_stays_open_after_a_500(
     response = conn.getresponse()
     body = json.loads(response.read())
     assert response.status == 500
-    assert body == {"error": {"code": "internal_error", "message": "internal server error"}}
+    assert body == {
+        "error": {
+            "code": "internal_error",
+            "message": "internal server error",
+            "request_id": response.getheader("x-request-id"),  # to find the traceback in the log
+        }
+    }
     monkeypatch.undo()
     conn.request("POST", "/predict", body=photo, headers=JPEG)
     again = conn.getresponse()

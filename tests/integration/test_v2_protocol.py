@@ -179,8 +179,9 @@ def test_errors_in_the_protocols_shape(client: triton.InferenceServerClient, ser
         client.infer(DEFAULT_MODEL, [image_input([b"corrupt"])])
     raw = httpx.post(f"{server.url}/v2/models/{DEFAULT_MODEL}/infer", content=b"{not json")
     assert raw.status_code == 400
-    assert set(raw.json()) == {"error"}
-    assert httpx.get(f"{server.url}/v2/nope").json() == {"error": "Not Found"}
+    assert set(raw.json()) == {"error", "request_id"}  # the id, as in X-Request-ID; tritonclient reads "error"
+    nope = httpx.get(f"{server.url}/v2/nope")
+    assert nope.json() == {"error": "Not Found", "request_id": nope.headers["x-request-id"]}
 
 
 def test_the_timeout_parameter_feeds_the_deadline(

@@ -55,6 +55,7 @@ VersionPath = Annotated[str, Path(description="Model version (a positive integer
 
 class V2Error(BaseModel):
     error: str = Field(examples=["unknown model 'resnet'"])
+    request_id: str | None = Field(None, description="The request's id, as in its X-Request-ID response header.")
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
