@@ -12,19 +12,25 @@ ARG GPU_BASE=ccr-2vdh3abv-pub.cnc.bj.baidubce.com/paddlepaddle/paddle:3.3.0-gpu-
 
 # ---- GPU -----------------------------------------------------------------------------------------
 FROM ${GPU_BASE} AS gpu
+# tini: PID 1 that forwards SIGTERM (the drain) and reaps the worker processes.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends make \
+ && apt-get install -y --no-install-recommends make tini \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --no-create-home pdserve
 WORKDIR /srv/pdserve
-COPY pyproject.toml Makefile README.md ./
-COPY app ./app
-# Paddle (paddlepaddle-gpu) comes with the base image: PADDLE= installs no Paddle wheel over it.
-# The build fails on a base without CUDA Paddle and prints the TensorRT version Paddle was built
-# against (pdserve refuses TensorRT models with a clear reason when no TensorRT runtime loads).
-RUN make VENV=/opt/venv VENV_FLAGS=--system-site-packages PADDLE= PYTHON=python3 /opt/venv/.serve \
+# Dependencies first (from the lock), so a code change does not download them again.
+COPY pyproject.toml Makefile ./
+COPY requirements ./requirements
+COPY scripts/lock_without.py ./scripts/
+# Paddle (paddlepaddle-gpu) comes with the base image: PADDLE= installs no Paddle wheel over it. The
+# build fails on a base without CUDA Paddle and prints the TensorRT version Paddle was built against
+# (pdserve refuses TensorRT models with a clear reason when no TensorRT runtime loads).
+RUN make VENV=/opt/venv VENV_FLAGS=--system-site-packages PADDLE= PYTHON=python3 /opt/venv/.deps \
  && /opt/venv/bin/python -c "import paddle, paddle.inference as i; assert paddle.device.is_compiled_with_cuda(), 'no CUDA Paddle'; print('TensorRT compiled', i.get_trt_compile_version())"
+COPY README.md ./
+COPY app ./app
+RUN make VENV=/opt/venv VENV_FLAGS=--system-site-packages PADDLE= PYTHON=python3 EDITABLE= /opt/venv/.serve
 COPY model_repo /models
 ENV PATH=/opt/venv/bin:$PATH \
     HOME=/tmp \
@@ -38,9 +44,10 @@ RUN mkdir -p /var/cache/pdserve/trt && chown 10001 /var/cache/pdserve/trt
 VOLUME ["/var/cache/pdserve/trt"]
 USER 10001
 EXPOSE 8000
-HEALTHCHECK --interval=15s --timeout=3s --start-period=300s --retries=3 \
-  CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
-ENTRYPOINT ["pdserve", "serve"]
+# /readyz, not /healthz: a container whose models all failed to load is not healthy.
+HEALTHCHECK --interval=15s --timeout=3s --start-period=900s --retries=3 \
+  CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2)"]
+ENTRYPOINT ["tini", "--", "pdserve", "serve"]
 
 # ---- CPU -----------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS cpu-build
@@ -49,20 +56,25 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends make \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /srv/pdserve
-COPY pyproject.toml Makefile README.md ./
+# Dependencies first (from the lock, hash-checked), so a code change does not download Paddle again.
+COPY pyproject.toml Makefile ./
+COPY requirements ./requirements
+COPY scripts/lock_without.py ./scripts/
+RUN make VENV=/opt/venv /opt/venv/.deps
+# Then the package itself, installed (not editable): the final image needs only /opt/venv.
+COPY README.md ./
 COPY app ./app
-RUN make VENV=/opt/venv /opt/venv/.serve
+RUN make VENV=/opt/venv EDITABLE= /opt/venv/.serve
 
 FROM ${PYTHON_IMAGE} AS cpu
-# libgomp: OpenMP runtime used by Paddle's CPU kernels.
+# libgomp: OpenMP runtime used by Paddle's CPU kernels. tini: PID 1 that forwards SIGTERM (the
+# drain) and reaps the worker processes.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libgomp1 \
+ && apt-get install -y --no-install-recommends libgomp1 tini \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --no-create-home pdserve
-WORKDIR /srv/pdserve
 COPY --from=cpu-build /opt/venv /opt/venv
-COPY --from=cpu-build /srv/pdserve /srv/pdserve
 # The default model repository is baked in; mount another over /models to replace it.
 COPY model_repo /models
 ENV PATH=/opt/venv/bin:$PATH \
@@ -72,8 +84,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     PDSERVE_PORT=8000
 USER 10001
 EXPOSE 8000
+# /readyz, not /healthz: a container whose models all failed to load is not healthy.
 HEALTHCHECK --interval=15s --timeout=3s --start-period=120s --retries=3 \
-  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2)"]
 # SIGTERM: /readyz 503 at once, requests still taken for PDSERVE_DRAIN_DELAY_S, accepted ones answered
 # (PDSERVE_GRACEFUL_SHUTDOWN_S), workers stopped; exit 0. Allow docker stop -t 40 or more.
-ENTRYPOINT ["pdserve", "serve"]
+ENTRYPOINT ["tini", "--", "pdserve", "serve"]

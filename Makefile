@@ -29,8 +29,9 @@ LOCKS := requirements/serve.txt requirements/dev.txt requirements/bench.txt requ
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
 
-# One stamp per set of extras; a changed lock reinstalls.
-$(VENV)/.serve: pyproject.toml requirements/serve.txt | $(BIN)/python
+# Dependencies (from the lock) and the package are separate stamps, so an image caches the first
+# layer across code changes. A changed lock reinstalls.
+$(VENV)/.deps: requirements/serve.txt | $(BIN)/python
 ifeq ($(PADDLE),cpu)
 	$(PIP) --require-hashes -r requirements/serve.txt
 else
@@ -38,6 +39,9 @@ else
 	$(PIP) --require-hashes -r $(VENV)/serve-without-paddle.txt
 	$(if $(filter gpu,$(PADDLE)),$(PIP) --extra-index-url $(PADDLE_GPU_INDEX) "paddlepaddle-gpu>=3.3,<3.4")
 endif
+	touch $@
+
+$(VENV)/.serve: pyproject.toml $(VENV)/.deps
 	$(PIP) --no-deps $(EDITABLE) .
 	touch $@
 
@@ -51,7 +55,7 @@ $(VENV)/.dev: pyproject.toml Makefile requirements/dev.txt requirements/paddlesl
 	$(PIP) --no-deps -e .
 	rm -rf $(SLIM_SIDE)
 	$(PIP) --require-hashes --no-deps --target $(SLIM_SIDE) -r requirements/paddleslim-side.txt
-	touch $@ $(VENV)/.serve
+	touch $@ $(VENV)/.deps $(VENV)/.serve
 
 # make lock: refresh the locks after changing dependencies (pins that still satisfy are kept);
 # make lock UPGRADE=1: move every pin to the newest release allowed. Resolved for CPython 3.11 on

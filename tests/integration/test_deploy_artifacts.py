@@ -136,7 +136,10 @@ def test_dockerfile_and_compose_point_at_real_endpoints(live: ServerThread) -> N
     assert "EXPOSE 8000" in dockerfile
     for path in set(re.findall(r"127\.0\.0\.1:8000(/\w+)", dockerfile)):
         assert httpx.get(f"{live.url}{path}").status_code == 200
-    assert "make VENV=/opt/venv /opt/venv/.serve" in dockerfile  # the same install step as `make serve`
+    # the same install steps as `make serve`: the locked dependencies first, then the package
+    cpu = dockerfile[dockerfile.index("AS cpu-build") :]
+    assert cpu.index("make VENV=/opt/venv /opt/venv/.deps") < cpu.index("COPY app ./app")
+    assert "make VENV=/opt/venv EDITABLE= /opt/venv/.serve" in cpu
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     target = scrape["scrape_configs"][0]["static_configs"][0]["targets"][0]
