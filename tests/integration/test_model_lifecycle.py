@@ -145,7 +145,7 @@ def test_management_needs_the_admin_key(tmp_path: Path) -> None:
         missing = httpx.post(url)
         assert missing.status_code == 401
         assert missing.headers["WWW-Authenticate"] == "Bearer"
-        assert set(missing.json()) == {"error"}
+        assert set(missing.json()) == {"error", "request_id"}
         assert httpx.post(url, headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert httpx.post(url, headers=AUTH).status_code == 200
         client = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
