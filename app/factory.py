@@ -34,7 +34,7 @@ def create_app(settings: Settings) -> FastAPI:
     start); models load in the background once the server runs, so ``/healthz`` answers at once
     and ``/readyz`` says what is still loading."""
     metrics = Metrics(gpus=GpuMonitor())
-    overrides = Overrides(device=settings.device, trt_cache_dir=settings.trt_cache_dir)
+    overrides = Overrides.from_settings(settings)
     workers = WorkerOptions(settings.worker_start_timeout_s, settings.worker_nice)
     repository = ModelRepository(settings.model_repo, metrics, workers, overrides)
     repository.scan(settings.default_model)

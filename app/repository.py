@@ -23,6 +23,7 @@ from app.metrics import Metrics
 from app.model_config import ModelConfig, load_model_config, version_folders
 from app.runtime.pool import PoolObserver, WorkerPool
 from app.runtime.process import WorkerOptions
+from app.settings import Settings
 from app.stats import VersionStats
 
 log = logging.getLogger(__name__)
@@ -274,6 +275,11 @@ class Overrides:
     device: str | None = None
     trt_cache_dir: Path | None = None
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Overrides:
+        """The server's overrides; ``pdserve build-engines`` takes the same ones."""
+        return cls(device=settings.device, trt_cache_dir=settings.trt_cache_dir)
+
     def apply(self, config: ModelConfig) -> ModelConfig:
         update: dict[str, object] = {}
         if self.device is not None:
@@ -283,6 +289,11 @@ class Overrides:
             update["tensorrt"] = trt
         # validate again: the override goes through the same checks as the file
         return ModelConfig.model_validate({**config.model_dump(), **update}) if update else config
+
+
+def model_folders(root: Path) -> list[Path]:
+    """The model folders of a repository: its sub-folders, except hidden ones and ``_``-prefixed ones."""
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
 
 
 def scan_model(model_dir: Path, overrides: Overrides, quiet: bool = False) -> ModelEntry:
@@ -326,11 +337,7 @@ class ModelRepository:
     def scan(self, default_model: str | None = None) -> None:
         """Read every model folder's config (fast, no Paddle); loading comes after."""
         self.default_model = default_model or self._repository_default()
-        self.models = {
-            p.name: scan_model(p, self._overrides)
-            for p in sorted(self.root.iterdir())
-            if p.is_dir() and not p.name.startswith((".", "_"))
-        }
+        self.models = {p.name: scan_model(p, self._overrides) for p in model_folders(self.root)}
         if not self.models:
             raise ModelLoadError(f"model repository {self.root} has no model folders")
         for name in self.models:
@@ -371,7 +378,7 @@ class ModelRepository:
         m.worker_restarts.labels(name)  # a zero, not an absent series, until the first restart
 
     def folders(self) -> list[Path]:
-        return sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+        return model_folders(self.root)
 
     def index(self) -> list[dict[str, str]]:
         """Every model folder, loaded or not, with its versions and states (the repository extension)."""

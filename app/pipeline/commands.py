@@ -199,18 +199,20 @@ def _collect_shapes(args: argparse.Namespace) -> None:
 
 
 def _build_engines(args: argparse.Namespace) -> None:
+    from pydantic import ValidationError
+
     from app.pipeline.engines import build_engines, format_build_report
     from app.repository import Overrides
+    from app.settings import Settings
 
-    # The server's own overrides, from the same environment (PDSERVE_DEVICE, PDSERVE_TRT_CACHE_DIR).
-    device = args.device or os.environ.get("PDSERVE_DEVICE") or None
-    cache = args.cache_dir or (
-        Path(os.environ["PDSERVE_TRT_CACHE_DIR"]) if os.environ.get("PDSERVE_TRT_CACHE_DIR") else None
-    )
-    repo = args.model_repo or Path(os.environ.get("PDSERVE_MODEL_REPO", "model_repo"))
-    if not repo.is_dir():
-        raise PipelineError(f"model repository {repo} is not a folder")
-    results = build_engines(repo, Overrides(device=device, trt_cache_dir=cache), args.models)
+    # The server's own settings class, so the same PDSERVE_* variables (device, cache, repository) apply.
+    given = {"model_repo": args.model_repo, "device": args.device, "trt_cache_dir": args.cache_dir}
+    try:
+        settings = Settings(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as exc:
+        raise PipelineError("; ".join(str(e["msg"]) for e in exc.errors())) from None
+    overrides = Overrides.from_settings(settings)
+    results = build_engines(settings.model_repo, overrides, args.models)
     _emit(args, results, format_build_report(results))
     failed = [r for r in results if r["status"] == "failed"]
     if failed:

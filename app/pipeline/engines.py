@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 
 from app.errors import PdserveError
+from app.model_config import ModelConfig
 from app.pipeline.dataset import PipelineError, Sample, load_images
 from app.pipeline.evaluate import LocalModel
-from app.repository import Overrides, scan_model
+from app.repository import Overrides, model_folders, scan_model
 from app.runtime.predictor_config import (
     SHAPE_FILE,
     LoadedPredictor,
@@ -72,7 +73,7 @@ def collect_shapes(model: LocalModel, samples: list[Sample]) -> dict[str, Any]:
 
 def build_engines(repo: Path, overrides: Overrides, models: list[str] | None = None) -> list[dict[str, Any]]:
     """Build and cache the TensorRT engines of every model (or of ``models``) in a repository."""
-    folders = sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders = model_folders(repo)
     if models:
         missing = sorted(set(models) - {p.name for p in folders})
         if missing:
@@ -89,7 +90,7 @@ def build_engines(repo: Path, overrides: Overrides, models: list[str] | None = N
     return results
 
 
-def _build(model: str, version: int, version_dir: Path, config: Any) -> dict[str, Any]:
+def _build(model: str, version: int, version_dir: Path, config: ModelConfig) -> dict[str, Any]:
     result: dict[str, Any] = {"model": model, "version": version, "device": config.device}
     trt = config.tensorrt
     if config.gpu_id is None or not trt.enabled:
