@@ -16,7 +16,6 @@ import multiprocessing as mp
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,6 +24,7 @@ import numpy as np
 
 from app.errors import InferenceFailed, ModelLoadError, PdserveError
 from app.model_config import ModelConfig
+from app.runtime.channel import AsyncChannel
 from app.runtime.tensor_model import Signature, tensor_worker_main
 from app.runtime.transport import BatchBuffers
 from app.runtime.worker import WorkerSpec, worker_main
@@ -128,7 +128,6 @@ class ProcessWorker:
                 self._buffers.close()
             raise
         child_conn.close()
-        self._conn: Connection | None = parent_conn
         self._pid: int | None = self._process.pid
         self._ready: asyncio.Future[float] = self._loop.create_future()
         self._exited: asyncio.Future[int | None] = self._loop.create_future()
@@ -136,7 +135,8 @@ class ProcessWorker:
         self._batch_ids = itertools.count()
         self._output_shape: tuple[int, ...] = ()
         self.signature: Signature | None = None  # tensor models: inputs and outputs, once ready
-        self._loop.add_reader(parent_conn.fileno(), self._on_message)
+        # A worker that can no longer be talked to is killed; the sentinel callback does the accounting.
+        self._channel = AsyncChannel(parent_conn, self._loop, self._on_message, self.kill)
         self._loop.add_reader(self._process.sentinel, self._on_exit)
 
     @property
@@ -155,7 +155,7 @@ class ProcessWorker:
         return await asyncio.shield(self._ready)
 
     async def _call(self, payload: object) -> tuple[Any, ...]:
-        if self._exited.done() or self._conn is None:
+        if self._exited.done() or self._channel.closed:
             code = self._exited.result() if self._exited.done() else None
             raise WorkerExited(f"worker pid {self._pid} is gone", code)
         assert self._pending is None, "one batch at a time"
@@ -164,7 +164,7 @@ class ProcessWorker:
         self._pending = (batch_id, future)
         try:
             with contextlib.suppress(OSError):  # a dead worker: the sentinel callback fails the future
-                self._conn.send(("run", batch_id, payload))
+                self._channel.send(("run", batch_id, payload))
             return await future
         finally:
             self._pending = None
@@ -185,9 +185,8 @@ class ProcessWorker:
                 self._process.kill()  # SIGKILL also ends a stopped (SIGSTOP) process
 
     async def stop(self, timeout_s: float) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(OSError):
-                self._conn.send(("stop",))
+        with contextlib.suppress(OSError):
+            self._channel.send(("stop",))
         try:
             await asyncio.wait_for(asyncio.shield(self._exited), timeout_s)
         except TimeoutError:
@@ -198,16 +197,9 @@ class ProcessWorker:
             self._buffers.close()
 
     # ---- event-loop callbacks ---------------------------------------------------------------
-    def _on_message(self) -> None:
-        conn = self._conn
-        if conn is None:
-            return
+    def _on_message(self, msg: tuple[Any, ...]) -> None:
         try:
-            while conn.poll():
-                self._handle(conn.recv())
-        except (EOFError, OSError):
-            # The worker is gone; the sentinel callback does the accounting.
-            self._loop.remove_reader(conn.fileno())
+            self._handle(msg)
         except Exception as exc:  # a message we cannot use: treat the worker as broken
             log.exception("model %s: bad message from worker pid %s", self._model, self._pid)
             if not self._ready.done():
@@ -221,9 +213,8 @@ class ProcessWorker:
             self._pid = pid
             self._output_shape = tuple(out_shape)
             self.signature = signature[0] if signature else None
-            assert self._conn is not None
             if self._buffers is not None:
-                self._conn.send(("output", self._buffers.attach_output(tuple(out_shape))))
+                self._channel.send(("output", self._buffers.attach_output(tuple(out_shape))))
             if not self._ready.done():
                 self._ready.set_result(float(slowest))
         elif kind == "load_failed":
@@ -240,10 +231,7 @@ class ProcessWorker:
 
     def _on_exit(self) -> None:
         self._loop.remove_reader(self._process.sentinel)
-        if self._conn is not None:
-            self._loop.remove_reader(self._conn.fileno())
-            self._conn.close()
-            self._conn = None
+        self._channel.close()
         # The sentinel can close a moment before the kernel lets us reap the child: wait off-loop.
         self._reaper = self._loop.create_task(self._reap())
 
