@@ -7,8 +7,9 @@ whatever arrived meanwhile. With ``sizes`` (the batch sizes the instances are wa
 batch between two sizes is cut down to the smaller one and the rest stays first in the queue, for
 the next free instance: on a CPU a padded row costs as much as a real one. Callers that have
 gone (cancelled futures) and items whose deadline has passed are dropped before the batch runs,
-so expired work is never executed. A failure of the batch call fails every caller in it; nothing
-else does. The queue is not bounded here: admission (``admission.py``) decides at the door.
+so expired work is never executed. A failure of the batch call fails every caller in it; an
+exception in the place of one output fails that caller alone. The queue is not bounded here:
+admission (``admission.py``) decides at the door.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ log = logging.getLogger(__name__)
 In = TypeVar("In")
 Out = TypeVar("Out")
 
-BatchFn = Callable[[list[In]], Awaitable[Sequence[Out]]]
+# One output per input, in order; an Exception in an output's place is that input's own failure.
+BatchFn = Callable[[list[In]], Awaitable[Sequence[Out | Exception]]]
 
 
 @dataclass(frozen=True)
@@ -240,7 +242,11 @@ class DynamicBatcher(Generic[In, Out]):
                 if item.request is not None:
                     item.request.computed(elapsed, len(batch))
             for item, out in zip(batch, outputs, strict=True):
-                if not item.future.done():
+                if item.future.done():
+                    continue
+                if isinstance(out, Exception):
+                    item.future.set_exception(out)
+                else:
                     item.future.set_result(out)
         finally:
             self._slots.release()

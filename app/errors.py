@@ -28,6 +28,12 @@ class InvalidImage(BadRequest):
     code = "invalid_image"
 
 
+class InputRejected(BadRequest):
+    """The model's own checks refused an input that passed ours (e.g. a size its layers cannot take)."""
+
+    code = "input_rejected"
+
+
 class BodyTimeout(PdserveError):
     """The client did not send its whole body within the limit (a slow or stalled upload)."""
 

@@ -22,6 +22,7 @@ from app.errors import ModelConfigError, ModelLoadError, ModelNotFound, ModelNot
 from app.metrics import Metrics
 from app.model_config import ModelConfig, load_model_config, version_folders
 from app.runtime.pool import PoolObserver, WorkerPool
+from app.runtime.predictor_config import PIR_ADVICE
 from app.runtime.process import WorkerOptions
 from app.settings import Settings
 from app.stats import VersionStats
@@ -137,10 +138,10 @@ class ModelVersion:
             return self.state
         if self.pool.failed:
             return ModelState.FAILED
-        alive = self.pool.alive
-        if alive == 0:
+        healthy = self.pool.healthy  # a worker that replaced a hung one counts once it has answered
+        if healthy == 0:
             return ModelState.RECOVERING
-        return ModelState.DEGRADED if alive < len(self.pool.instances) else ModelState.READY
+        return ModelState.DEGRADED if healthy < len(self.pool.instances) else ModelState.READY
 
     @property
     def serving(self) -> bool:
@@ -257,7 +258,10 @@ def _version_dirs(model_dir: Path, config: ModelConfig) -> dict[int, Path]:
     for _version, path in found.items():
         missing = [f for f in ("model.pdmodel", "model.pdiparams") if not (path / f).is_file()]
         if missing:
-            raise ModelConfigError(f"{path}: missing {', '.join(missing)}")
+            pir = (
+                " (model.json is a Paddle 3 PIR program: " + PIR_ADVICE + ")" if (path / "model.json").is_file() else ""
+            )
+            raise ModelConfigError(f"{path}: missing {', '.join(missing)}{pir}")
     if config.versions == "latest":
         return {max(found): found[max(found)]}
     if config.versions == "all":

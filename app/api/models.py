@@ -32,7 +32,7 @@ def model_info(entry: ModelEntry) -> ModelInfo:
         )
         for v in sorted(entry.versions.values(), key=lambda v: v.version)
     ]
-    info = ModelInfo(name=entry.name, state=entry.state.value, error=entry.error, versions=versions)
+    info = ModelInfo(name=entry.name, state=entry.state.value, error=entry.reason, versions=versions)
     c = entry.config
     if c is None:
         return info

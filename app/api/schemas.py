@@ -48,6 +48,9 @@ class InstanceInfo(BaseModel):
     pid: int | None
     state: str
     restarts: int
+    healthy: bool = Field(
+        True, description="Counted by readiness: serving, and not hung since its last finished batch."
+    )
     error: str | None
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.errors import ModelUnavailable, ShuttingDown
+from app.errors import InputRejected, ModelUnavailable, ShuttingDown
 from app.model_config import ModelConfig
 from app.runtime.process import ProcessWorker, WorkerHandle, WorkerOptions
 from app.runtime.supervisor import SERVING, Instance, InstanceState, Launcher, RestartPolicy
@@ -87,6 +87,11 @@ class WorkerPool:
         return sum(i.state in SERVING for i in self.instances)
 
     @property
+    def healthy(self) -> int:
+        """Instances that readiness counts: alive and not suspected of hanging (``Instance.healthy``)."""
+        return sum(i.healthy for i in self.instances)
+
+    @property
     def failed(self) -> bool:
         """Every instance has been given up on: the version cannot serve again without a reload."""
         return all(i.state is InstanceState.FAILED for i in self.instances)
@@ -152,26 +157,37 @@ class WorkerPool:
         self._observer.computed(compute, len(batch), size)
         return outputs
 
-    async def infer_tensors(self, requests: Sequence[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    async def infer_tensors(self, requests: Sequence[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray] | Exception]:
         """Run tensor-model requests on one idle instance: stacked along the first dimension when the
         signature and the shapes allow it and the outputs come back one row per input row; else one
-        request after the other."""
+        request after the other. A request the model refuses (``InputRejected``) fails alone: a
+        refused stack is run again one request at a time to find which."""
         inst = await self._acquire()
         assert self.compute_timeout_s is not None, "start() first"
         timeout = self.compute_timeout_s
         rows = [len(next(iter(r.values()))) for r in requests]
         if len(requests) > 1 and self._batchable and _stackable(requests):
             feeds = {name: np.concatenate([r[name] for r in requests]) for name in requests[0]}
-            outputs, compute = await inst.run(partial(_run_tensors, feeds=feeds), timeout)
-            self._observer.computed(compute, sum(rows), sum(rows))
-            if all(len(o) == sum(rows) for o in outputs.values()):
+            try:
+                outputs, compute = await inst.run(partial(_run_tensors, feeds=feeds), timeout)
+            except InputRejected:
+                outputs, compute = {}, 0.0
+            else:
+                self._observer.computed(compute, sum(rows), sum(rows))
+            if outputs and all(len(o) == sum(rows) for o in outputs.values()):
                 bounds = np.cumsum(rows)[:-1]
                 pieces = {name: np.split(o, bounds) for name, o in outputs.items()}
                 return [{name: parts[i] for name, parts in pieces.items()} for i in range(len(requests))]
-            self._batchable = False  # e.g. a detector's boxes of all images in one list: never stack again
-        results = []
+            if outputs:
+                self._batchable = False  # e.g. a detector's boxes of all images in one list: never stack again
+        # The instance is READY again and nothing else ran meanwhile (no await since): reuse it.
+        results: list[dict[str, np.ndarray] | Exception] = []
         for request in requests:
-            outputs, compute = await inst.run(partial(_run_tensors, feeds=request), timeout)
+            try:
+                outputs, compute = await inst.run(partial(_run_tensors, feeds=request), timeout)
+            except InputRejected as exc:
+                results.append(exc)
+                continue
             self._observer.computed(compute, 1, 1)
             results.append(outputs)
         return results

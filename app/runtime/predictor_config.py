@@ -46,12 +46,35 @@ class PredictorPlan:
         return next(args for name, args in self.calls if name == method)
 
 
-def plan_predictor(config: ModelConfig, version_dir: Path, cuda_available: bool, model: str = "") -> PredictorPlan:
-    """Turn a model config into the ``Config`` calls that serve it, or raise ``ModelLoadError``."""
+PIR_ADVICE = (
+    "Paddle 3 writes this format unless FLAGS_enable_pir_api=0 is set before Python starts: re-export with "
+    "`FLAGS_enable_pir_api=0 python your_export.py` (paddle.jit.save then writes model.pdmodel), "
+    "or use pdserve export"
+)
+
+
+def model_files(version_dir: Path) -> tuple[Path, Path]:
+    """The program and weights of a version folder, or ``ModelLoadError`` saying what to do.
+
+    Only the legacy ProgramDesc (``model.pdmodel``) is served. A Paddle 3 PIR program is JSON; given
+    under either name, Paddle's own error is a protobuf ``DecodeError`` that names neither."""
     model_file, params_file = version_dir / "model.pdmodel", version_dir / "model.pdiparams"
+    pir = version_dir / "model.json"
+    if not model_file.is_file() and pir.is_file():
+        raise ModelLoadError(f"{pir}: a Paddle 3 PIR program; pdserve serves model.pdmodel. {PIR_ADVICE}")
     if not model_file.is_file() or not params_file.is_file():
         raise ModelLoadError(f"{version_dir}: needs model.pdmodel and model.pdiparams")
-    plan = PredictorPlan(model_file, params_file)
+    with model_file.open("rb") as f:
+        head = f.read(64).lstrip()
+    if head.startswith(b"{"):  # a ProgramDesc is protobuf: its first byte is a field tag, never '{'
+        raise ModelLoadError(f"{model_file}: a Paddle 3 PIR program (JSON), not a ProgramDesc. {PIR_ADVICE}")
+    return model_file, params_file
+
+
+def plan_predictor(config: ModelConfig, version_dir: Path, cuda_available: bool, model: str = "") -> PredictorPlan:
+    """Turn a model config into the ``Config`` calls that serve it, or raise ``ModelLoadError``."""
+    plan = PredictorPlan(*model_files(version_dir))
+    model_file = plan.model_file
     plan.add("disable_glog_info")
     plan.add("switch_ir_optim", True)
     # enable_memory_optim() breaks loading PIR model.json files (Paddle issue 75496); for the legacy
@@ -126,9 +149,7 @@ def plan_shape_collection(
     build without CUDA, on the CPU. In this mode Paddle turns IR optimisation off itself (it logs "In
     CollectShapeInfo mode, we will disable optimizations"), so every tensor is recorded under the name
     the saved program gives it, whichever device collected it."""
-    plan = PredictorPlan(version_dir / "model.pdmodel", version_dir / "model.pdiparams")
-    if not plan.model_file.is_file() or not plan.params_file.is_file():
-        raise ModelLoadError(f"{version_dir}: needs model.pdmodel and model.pdiparams")
+    plan = PredictorPlan(*model_files(version_dir))
     plan.add("disable_glog_info")
     if config.gpu_id is not None and cuda_available:
         plan.add("enable_use_gpu", GPU_MEMORY_POOL_MB, config.gpu_id)

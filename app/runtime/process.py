@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from app.errors import InferenceFailed, ModelLoadError, PdserveError
+from app.errors import InferenceFailed, InputRejected, ModelLoadError, PdserveError
 from app.model_config import ModelConfig
 from app.runtime.channel import AsyncChannel
 from app.runtime.tensor_model import Signature, tensor_worker_main
@@ -83,7 +83,8 @@ class WorkerHandle(Protocol):
     async def run(self, batch: Sequence[np.ndarray], size: int) -> tuple[list[np.ndarray], float]:
         """Run ``batch`` padded to ``size``; return per-image outputs and the compute seconds.
 
-        Raises ``InferenceFailed`` (the predictor raised) or ``WorkerExited``."""
+        Raises ``InferenceFailed`` (the predictor raised), ``InputRejected`` (it refused this input:
+        tensor models) or ``WorkerExited``."""
         ...
 
     async def run_tensors(self, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
@@ -220,12 +221,14 @@ class ProcessWorker:
         elif kind == "load_failed":
             if not self._ready.done():
                 self._ready.set_exception(ModelLoadError(msg[1]))
-        elif kind in ("done", "failed") and self._pending is not None and self._pending[0] == msg[1]:
+        elif kind in ("done", "failed", "rejected") and self._pending is not None and self._pending[0] == msg[1]:
             future = self._pending[1]
             if future.done():
                 return
             if kind == "done":
                 future.set_result(tuple(msg[2:]))
+            elif kind == "rejected":
+                future.set_exception(InputRejected(f"model {self._model!r}: {msg[2]}"))
             else:
                 future.set_exception(InferenceFailed(f"model {self._model!r}: {msg[2]}"))
 

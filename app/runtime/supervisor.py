@@ -11,6 +11,11 @@ capped exponential backoff with jitter. Any exception in a start counts as a fai
 (OSError from fork limits, shared memory that cannot be created, a model that no longer loads),
 so the restart loop cannot die silently. The first start is different: a model that cannot load
 once is not retried; its version fails with the reason.
+
+A worker that replaced a hung one is READY but not yet *healthy*: until it finishes a batch (its
+warm-up counts, where the model has one) or one compute timeout passes, readiness does not count
+it. Without this a model whose every batch hangs looks READY between hangs, since a tensor model's
+new worker starts in a second and then takes the next request to hang on.
 """
 
 from __future__ import annotations
@@ -18,12 +23,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeVar
 
-from app.errors import InferenceFailed, ModelLoadError, WorkerDied, WorkerHung
+from app.errors import InferenceFailed, InputRejected, ModelLoadError, WorkerDied, WorkerHung
 from app.runtime.process import STOP_TIMEOUT_S, WorkerExited, WorkerHandle, describe_exit
 
 log = logging.getLogger(__name__)
@@ -109,6 +115,14 @@ class Instance:
         self._on_restart = on_restart
         self._rng = rng or random.Random()
         self._restart_task: asyncio.Task[None] | None = None
+        self._suspect_until: float | None = None  # after a hang: monotonic time until which it is not healthy
+
+    @property
+    def healthy(self) -> bool:
+        """Takes batches now, and has not hung since it last finished one (or not recently)."""
+        if self.state not in SERVING:
+            return False
+        return self._suspect_until is None or time.monotonic() >= self._suspect_until
 
     @property
     def pid(self) -> int | None:
@@ -155,6 +169,8 @@ class Instance:
             if isinstance(exc, WorkerExited):
                 raise ModelLoadError(f"model {self.model!r}: {exc.message} while loading") from None
             raise
+        if self.slowest_warmup_s > 0:  # it ran batches: proof enough that it is not hung
+            self._suspect_until = None
         worker.exited.add_done_callback(lambda _: self._on_worker_exit(worker))
 
     # ---- running ---------------------------------------------------------------------------
@@ -168,6 +184,7 @@ class Instance:
             result = await asyncio.wait_for(call(worker), timeout_s)
         except TimeoutError:
             worker.kill()  # SIGKILL works on a stopped or deadlocked process
+            self._suspect_until = time.monotonic() + timeout_s
             self._retire(worker, "hung", f"worker pid {worker.pid} hung: no result within {timeout_s:.1f}s, killed")
             raise WorkerHung(
                 f"model {self.model!r}: worker pid {worker.pid} did not finish this batch within {timeout_s:.1f}s "
@@ -176,7 +193,7 @@ class Instance:
         except WorkerExited as exc:
             self._retire(worker, "died", exc.message)
             raise WorkerDied(f"model {self.model!r}: {exc.message} running this batch") from None
-        except InferenceFailed:
+        except (InferenceFailed, InputRejected):  # the worker answered: it serves on
             self._finished(worker)
             raise
         self._finished(worker)
@@ -184,6 +201,7 @@ class Instance:
 
     def _finished(self, worker: WorkerHandle) -> None:
         if worker is self.worker and self.state is S.BUSY:
+            self._suspect_until = None
             self._move("finished")
 
     def _on_worker_exit(self, worker: WorkerHandle) -> None:
@@ -246,5 +264,6 @@ class Instance:
             "pid": self.pid,
             "state": self.state.value,
             "restarts": self.restarts,
+            "healthy": self.healthy,
             "error": self.error,
         }

@@ -10,6 +10,7 @@ image models whose batches go through shared memory.
 from __future__ import annotations
 
 import os
+import re
 import time
 import traceback
 import warnings
@@ -80,6 +81,30 @@ def read_signature(model_file: Path) -> Signature:
     return Signature(inputs, outputs)
 
 
+# Paddle's enforce categories that mean "this input cannot go through this model", as opposed to a
+# broken model or runtime (PreconditionNotMet, Fatal, ResourceExhausted, ...): they come back as 400.
+_INPUT_ERRORS = ("InvalidArgument", "OutOfRange", "Unimplemented")
+_PADDLE_ERROR = re.compile(r"^\((\w+)\) (.*?)(?:\s*\[Hint:.*?\])?\s*(?:\(at [^)]*\))?\s*$", re.S)
+_OPERATOR = re.compile(r"\[operator < (\w+) > error\]")
+
+
+def input_error(exc: BaseException, feeds: dict[str, np.ndarray]) -> str | None:
+    """A short message for a Paddle error that an input caused, naming the inputs; None for others.
+
+    Paddle's text is a paragraph with a C++ location and an operator line; the client gets its
+    first line, the operator, and the shapes it sent."""
+    text = str(exc).strip()
+    head, _, rest = text.partition("\n")
+    match = _PADDLE_ERROR.match(head)
+    if match is None or match.group(1) not in _INPUT_ERRORS:
+        return None
+    reason = match.group(2).rstrip(". ")
+    operator = _OPERATOR.search(rest)
+    where = f" (operator {operator.group(1)})" if operator else ""
+    sent = ", ".join(f"{name} {list(a.shape)} {a.dtype}" for name, a in feeds.items())
+    return f"the model cannot run inputs {sent}: {reason[:300]}{where}"
+
+
 def tensor_worker_main(spec: Any, conn: Connection) -> None:
     """The worker loop of a tensor model: ``("run", id, {name: array})`` -> ``("done", id, s, {name: array})``."""
     from app.runtime.worker import _ignore_group_signals
@@ -119,5 +144,9 @@ def tensor_worker_main(spec: Any, conn: Connection) -> None:
             result = {name: handle.copy_to_cpu() for name, handle in outputs.items()}
             conn.send(("done", batch_id, time.perf_counter() - start, result))
         except Exception as exc:
+            refused = input_error(exc, feeds)
+            if refused is not None:  # the client's input, not the model: no traceback in the log
+                conn.send(("rejected", batch_id, refused))
+                continue
             traceback.print_exc()
             conn.send(("failed", batch_id, f"{type(exc).__name__}: {exc}"))

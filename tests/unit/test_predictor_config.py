@@ -234,6 +234,15 @@ def test_missing_model_files(tmp_path: Path) -> None:
         plan_predictor(ModelConfig(), tmp_path, cuda_available=False)
 
 
+@pytest.mark.parametrize("name", ["model.json", "model.pdmodel"])
+def test_a_pir_program_is_refused_with_what_to_do(tmp_path: Path, name: str) -> None:
+    """Paddle 3's default export, as it comes or renamed: Paddle's own error is a protobuf DecodeError."""
+    (tmp_path / name).write_text('{"base_code": {"magic": "pir", "version": 1}}')
+    (tmp_path / "model.pdiparams").write_bytes(b"")
+    with pytest.raises(ModelLoadError, match=r"PIR program.*FLAGS_enable_pir_api=0"):
+        plan_predictor(ModelConfig(), tmp_path, cuda_available=False)
+
+
 @pytest.mark.parametrize(
     ("compiled", "runtime", "message"),
     [

@@ -24,7 +24,7 @@ _pids = itertools.count(1000)
 class FakeWorker:
     """Loads at once unless told otherwise; runs return the batch doubled, or hang, or crash."""
 
-    def __init__(self, load: str = "ok") -> None:
+    def __init__(self, load: str = "ok", warmup_s: float = 0.01) -> None:
         loop = asyncio.get_running_loop()
         self._pid = next(_pids)
         self._exited: asyncio.Future[int | None] = loop.create_future()
@@ -33,7 +33,7 @@ class FakeWorker:
         self.behaviour = "ok"  # ok | hang | crash
         self.stopped = False
         if load == "ok":
-            self._ready.set_result(0.01)
+            self._ready.set_result(warmup_s)
         elif load == "fail":
             self._ready.set_exception(ModelLoadError("model 'm': bad weights"))
         elif load == "crash":
@@ -92,15 +92,16 @@ class FakeWorker:
 class Launcher:
     """Hands out fake workers; ``plan`` says how each next start goes (then "ok" for ever)."""
 
-    def __init__(self, *plan: str) -> None:
+    def __init__(self, *plan: str, warmup_s: float = 0.01) -> None:
         self.plan = list(plan)
+        self.warmup_s = warmup_s  # 0: no warm-up, as a tensor model's worker
         self.workers: list[FakeWorker] = []
 
     def __call__(self, index: int) -> FakeWorker:
         how = self.plan.pop(0) if self.plan else "ok"
         if how == "oserror":
             raise OSError(11, "Resource temporarily unavailable (fork)")
-        worker = FakeWorker(how)
+        worker = FakeWorker(how, self.warmup_s)
         self.workers.append(worker)
         return worker
 
@@ -154,6 +155,38 @@ async def test_a_hung_batch_is_killed_answered_and_replaced() -> None:
     outputs, _ = await inst.run(lambda w: w.run(BATCH, 1), timeout_s=1)
     assert outputs[0].tolist() == [2, 2]
     assert states[:4] == [InstanceState.READY, InstanceState.BUSY, InstanceState.BACKOFF, InstanceState.STARTING]
+
+
+@pytest.mark.parametrize("warmup_s", [0.0, 0.01])
+async def test_a_replacement_for_a_hung_worker_is_healthy_once_it_has_answered(warmup_s: float) -> None:
+    """Readiness must not count a worker that may hang like the one it replaced (issue 26)."""
+    launch = Launcher(warmup_s=warmup_s)
+    inst = instance(launch)
+    await inst.start()
+    assert inst.healthy
+    launch.workers[0].behaviour = "hang"
+    with pytest.raises(WorkerHung):
+        await inst.run(lambda w: w.run(BATCH, 1), timeout_s=0.05)
+    assert not inst.healthy
+    await until(lambda: inst.state is InstanceState.READY, "the replacement to be ready")
+    if warmup_s:  # its warm-up ran batches: healthy at once
+        assert inst.healthy
+        return
+    assert not inst.healthy  # READY, but not proven: readiness does not count it
+    assert inst.describe()["healthy"] is False
+    await inst.run(lambda w: w.run(BATCH, 1), timeout_s=1)
+    assert inst.healthy
+
+
+async def test_an_unproven_replacement_counts_again_after_one_compute_timeout() -> None:
+    launch = Launcher(warmup_s=0.0)
+    inst = instance(launch)
+    await inst.start()
+    launch.workers[0].behaviour = "hang"
+    with pytest.raises(WorkerHung):
+        await inst.run(lambda w: w.run(BATCH, 1), timeout_s=0.05)
+    await until(lambda: inst.state is InstanceState.READY, "the replacement to be ready")
+    await until(lambda: inst.healthy, "the suspicion to lapse")
 
 
 async def test_a_crash_mid_batch_fails_that_batch_and_restarts() -> None:
