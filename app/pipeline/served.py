@@ -92,6 +92,8 @@ class Served:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait(10)
+        finally:
+            self.log.close()  # the file stays for reading; only this handle goes
 
     def __enter__(self) -> Served:
         self.wait_ready()
