@@ -15,6 +15,7 @@ admission (``admission.py``) decides at the door.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import math
 from collections import deque
@@ -82,7 +83,10 @@ class DynamicBatcher(Generic[In, Out]):
 
     def start(self) -> None:
         if self._loop_task is None:
-            self._loop_task = asyncio.get_running_loop().create_task(self._run_forever())
+            # In a context of its own: started while a request is handled (a load through the admin
+            # API), the loop and every batch would otherwise log under that request's id for ever.
+            loop = asyncio.get_running_loop()
+            self._loop_task = loop.create_task(self._run_forever(), context=contextvars.Context())
             self._loop_task.add_done_callback(self._loop_ended)
 
     async def submit(self, value: In, deadline: float = math.inf) -> Out:

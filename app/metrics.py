@@ -82,6 +82,18 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.int8_agreement = Gauge(
+            "pdserve_int8_validation_agreement",
+            "INT8 models: top-1 agreement with FP32 on the version's validation set, as run by its workers here.",
+            ["model"],
+            registry=r,
+        )
+        self.int8_fallback = Gauge(
+            "pdserve_int8_fallback",
+            "1 when an INT8 model failed its validation here and its FP32 twin serves in its place.",
+            ["model"],
+            registry=r,
+        )
         self.worker_restarts = Counter(
             "pdserve_worker_restarts", "Worker processes restarted after dying.", ["model"], registry=r
         )

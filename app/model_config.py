@@ -90,6 +90,31 @@ class TensorRT(_Section):
     )
 
 
+class Quantization(_Section):
+    """How an INT8 version is checked where it loads (``validation.npz`` in its folder, made by
+    ``pdserve quantize``): every worker runs the set after warm-up and compares with FP32."""
+
+    check: bool = Field(True, description="Run the version's validation set at every worker start.")
+    max_disagreement: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Largest fraction of validation images whose top-1 may differ from FP32's. The default "
+        "is measured (README, Quantize): a sound model disagrees on 0-6% of the shipped set on AVX2, "
+        "a broken one on most.",
+    )
+    on_failure: Literal["refuse", "fallback"] = Field(
+        "refuse",
+        description="Over max_disagreement: refuse the version (FAILED, with the numbers), or serve its FP32 "
+        "twin under this model's name and report the model DEGRADED.",
+    )
+    fallback: str | None = Field(
+        None,
+        description="The FP32 twin for on_failure: fallback, as 'model/version' in this repository; default: "
+        "calibration.from_model (the model it was quantized from).",
+    )
+
+
 class ModelConfig(_Section):
     description: str = ""
     kind: Literal["image", "tensor"] = Field(
@@ -148,6 +173,7 @@ class ModelConfig(_Section):
     )
     random_weights: bool = Field(False, description="True when the weights are untrained (exported for tests).")
     tensorrt: TensorRT = TensorRT()
+    quantization: Quantization = Quantization()
     tuned: dict[str, Any] | None = Field(
         None, description="Written by pdserve tune: the goal, machine, load and measurement that chose these settings."
     )

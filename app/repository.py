@@ -8,6 +8,7 @@ model only: it is listed with state FAILED and the reason, and the others serve.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -141,7 +142,27 @@ class ModelVersion:
         healthy = self.pool.healthy  # a worker that replaced a hung one counts once it has answered
         if healthy == 0:
             return ModelState.RECOVERING
-        return ModelState.DEGRADED if healthy < len(self.pool.instances) else ModelState.READY
+        if healthy < len(self.pool.instances) or self.fallback is not None:
+            return ModelState.DEGRADED
+        return ModelState.READY
+
+    @property
+    def validation(self) -> list[dict[str, Any]]:
+        """An INT8 version's checks against FP32, one per worker that ran one."""
+        if self.pool is None:
+            return []
+        return [i.validation for i in self.pool.instances if i.validation is not None]
+
+    @property
+    def fallback(self) -> str | None:
+        """Why FP32 serves in this INT8 version's place, if it does (quantization.on_failure: fallback)."""
+        failed = next((v for v in self.validation if v["action"] == "fallback"), None)
+        if failed is None:
+            return None
+        return (
+            f"INT8 validation on {failed['isa']}: top-1 agreement with FP32 {failed['agreement']:.1%} "
+            f"(allowed disagreement {failed['max_disagreement']:.1%}); serving the FP32 fallback"
+        )
 
     @property
     def serving(self) -> bool:
@@ -152,9 +173,18 @@ class ModelVersion:
     def current_error(self) -> str | None:
         if self.error is not None or self.pool is None:
             return self.error
-        return "; ".join(f"instance {i.index}: {i.error}" for i in self.pool.instances if i.error) or None
+        errors = [f"instance {i.index}: {i.error}" for i in self.pool.instances if i.error]
+        if self.fallback is not None:
+            errors.append(self.fallback)
+        return "; ".join(errors) or None
 
     async def load(self, metrics: Metrics, workers: WorkerOptions) -> None:
+        """Start the workers and the batcher, in a context of their own: a load through the admin API
+        must not leave that request's id on every later line its workers, supervisor and batcher log."""
+        loop = asyncio.get_running_loop()
+        await loop.create_task(self._load(metrics, workers), context=contextvars.Context())
+
+    async def _load(self, metrics: Metrics, workers: WorkerOptions) -> None:
         self.state = ModelState.LOADING
         pool = WorkerPool(self.name, self.path, self.config, workers, _PoolMetrics(metrics, self.name, self.stats))
         try:
@@ -173,6 +203,9 @@ class ModelVersion:
             sizes=self.config.padded_batch_sizes if self.config.trims_batches else (),
         )
         self.pool = pool
+        for check in self.validation:
+            metrics.int8_agreement.labels(self.name).set(check["agreement"])
+            metrics.int8_fallback.labels(self.name).set(check["action"] == "fallback")
         admission_total = metrics.admission
         self.admission = ModelAdmission(
             self.name,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
 
 
@@ -52,6 +54,11 @@ class InstanceInfo(BaseModel):
         True, description="Counted by readiness: serving, and not hung since its last finished batch."
     )
     error: str | None
+    validation: dict[str, Any] | None = Field(
+        None,
+        description="INT8 models: this worker's check against FP32 (images, agreement, largest_drop, "
+        "max_disagreement, isa, seconds, passed, action serve|refuse|fallback).",
+    )
 
 
 class VersionInfo(BaseModel):

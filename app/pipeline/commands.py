@@ -96,6 +96,7 @@ def _quantize(args: argparse.Namespace) -> None:
             "max_fallback": args.max_fallback,
             "time_budget_s": args.time_budget_s,
             "threads": args.threads,
+            "isas": tuple(args.isa),
             "cache_dir": args.cache_dir,
             "report_dir": args.report_dir,
             "sensitivity": args.sensitivity,
@@ -339,6 +340,15 @@ def register(sub: Any) -> None:
     )
     search.add_argument("--time-budget-s", type=float, help="stop trying candidates after this long; keep the best")
     search.add_argument("--threads", type=int, default=2, help="math threads when measuring candidates")
+    search.add_argument(
+        "--isa",
+        nargs="*",
+        default=["AVX2"],
+        metavar="ISA",
+        help="oneDNN instruction sets to measure every candidate under besides this CPU's own (ONEDNN_MAX_CPU_ISA "
+        "in a child process; only older ones than this CPU's can be emulated); ranked by the worst. "
+        "Default: AVX2, the common cloud baseline whose INT8 kernels lose the most",
+    )
     search.add_argument("--cache-dir", type=Path, help="reuse calibration statistics across runs from here")
     search.add_argument(
         "--report-dir", type=Path, help="report.json, report.txt, sensitivity.png (default: OUTPUT/search)"

@@ -17,8 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from app.model_config import CONFIG_FILE, load_model_config
-from app.pipeline.dataset import PipelineError, Sample
+from app.pipeline.dataset import MAX_PIXELS, PipelineError, Sample
 from app.pipeline.evaluate import LocalModel
 from app.pipeline.export import next_version, require_legacy_format, write_config
 from app.pipeline.ptq import ALGOS, Recipe
@@ -55,6 +57,56 @@ def read_recipe(path: Path) -> Recipe:
     if not isinstance(doc, dict):
         raise PipelineError(f"{path}: no recipe in it")
     return Recipe.from_dict(doc)
+
+
+VALIDATION_IMAGES = 32
+
+
+def write_validation_set(source: LocalModel, version_dir: Path, samples: list[Sample]) -> dict[str, Any]:
+    """The set every worker runs at load (``app.runtime.validation``): crops of the first calibration
+    images and the FP32 model's outputs for them. A consistency check of the INT8 model against
+    FP32 where it runs, not an accuracy measurement, so calibration images are fine for it."""
+    from app.preprocess import Normalizer, crop, decode_image
+    from app.runtime.validation import ValidationSet
+
+    spec = source.config.preprocessing
+    chosen = samples[:VALIDATION_IMAGES]
+    jpegs = ValidationSet.encode(np.stack([crop(decode_image(s.path.read_bytes(), MAX_PIXELS), spec) for s in chosen]))
+    crops = ValidationSet.decode(jpegs)
+    predictor = source.predictor()
+    reference = np.concatenate(
+        [predictor.run(Normalizer(spec)(crops[i : i + 8])) for i in range(0, len(crops), 8)]
+    ).astype(np.float32)
+    path = ValidationSet(jpegs, reference).save(version_dir)
+    return {"file": path.name, "images": len(chosen), "bytes": path.stat().st_size}
+
+
+def _search_summary(report: Path) -> dict[str, Any] | None:
+    """What a search report says of its chosen candidate, as ``calibration.search`` records it."""
+    if report.suffix != ".json" or not report.is_file():
+        return None
+    doc = json.loads(report.read_text())
+    chosen = doc.get("chosen") if isinstance(doc, dict) else None
+    if not isinstance(chosen, dict):
+        return None
+    isas = doc.get("isas") or []
+    return {
+        "target_drop": doc.get("target_drop"),
+        "met": doc.get("met"),
+        "images": doc.get("images"),
+        "fp32_top1": round(doc["fp32"]["top1"], 4),
+        "top1": round(chosen["top1"], 4),
+        "drop": chosen["drop"],
+        "isas": isas,
+        "per_isa": _per_isa(chosen, isas),
+    }
+
+
+def _per_isa(chosen: dict[str, Any], isas: list[str]) -> dict[str, dict[str, float]]:
+    if chosen.get("per_isa"):
+        return {isa: {k: round(v, 4) for k, v in m.items()} for isa, m in chosen["per_isa"].items()}
+    keys = ("top1", "agreement", "drop")
+    return {isas[0]: {k: round(chosen[k], 4) for k in keys}} if isas else {}
 
 
 def _source_model(model_dir: Path, version: int | None) -> LocalModel:
@@ -106,6 +158,7 @@ def quantize_repository_model(
             threads=(search or {}).get("threads", 2),
             cache_dir=(search or {}).get("cache_dir"),
             evaluate=search is not None,
+            isas=(search or {}).get("isas", ("AVX2",)),
         )
         try:
             if search is None:
@@ -130,6 +183,8 @@ def quantize_repository_model(
                         "fp32_top1": round(result.fp32_top1, 4),
                         "top1": round(result.chosen.top1, 4),
                         "drop": result.chosen.drop,
+                        "isas": result.isas,
+                        "per_isa": _per_isa(result.chosen.as_dict(), result.isas),
                         "candidates": len(result.candidates),
                     },
                     "files": write_report(result, report_dir),
@@ -157,6 +212,10 @@ def quantize_repository_model(
         record["search"] = extra["search"]
     if recipe_source:
         record["recipe_source"] = recipe_source  # e.g. the search report that chose it
+        chosen_by = _search_summary(Path(recipe_source))
+        if chosen_by is not None:  # rebuilt from a search's report: keep what it was chosen with, per ISA
+            record["search"] = chosen_by
+    record["validation"] = write_validation_set(source_model, output / str(out_version), samples)
     config = source_model.config
     doc = config.model_dump(mode="json", exclude_none=True)
     fallback = f", {len(recipe.fp32_layers)} layers FP32" if recipe.fp32_layers else ""

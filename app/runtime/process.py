@@ -96,6 +96,11 @@ class WorkerHandle(Protocol):
         """Tensor models: inputs and outputs, known once ready."""
         ...
 
+    @property
+    def validation(self) -> dict[str, Any] | None:
+        """INT8 image models: the worker's check against FP32 (``validation.py``), known once ready."""
+        ...
+
     def kill(self) -> None: ...
 
     async def stop(self, timeout_s: float) -> None:
@@ -136,6 +141,7 @@ class ProcessWorker:
         self._batch_ids = itertools.count()
         self._output_shape: tuple[int, ...] = ()
         self.signature: Signature | None = None  # tensor models: inputs and outputs, once ready
+        self.validation: dict[str, Any] | None = None  # INT8 image models: the check against FP32, once ready
         # A worker that can no longer be talked to is killed; the sentinel callback does the accounting.
         self._channel = AsyncChannel(parent_conn, self._loop, self._on_message, self.kill)
         self._loop.add_reader(self._process.sentinel, self._on_exit)
@@ -210,10 +216,11 @@ class ProcessWorker:
     def _handle(self, msg: tuple[Any, ...]) -> None:
         kind = msg[0]
         if kind == "ready":
-            _, out_shape, pid, slowest, *signature = msg
+            _, out_shape, pid, slowest, *rest = msg
             self._pid = pid
             self._output_shape = tuple(out_shape)
-            self.signature = signature[0] if signature else None
+            self.signature = rest[0] if rest else None
+            self.validation = rest[1] if len(rest) > 1 else None
             if self._buffers is not None:
                 self._channel.send(("output", self._buffers.attach_output(tuple(out_shape))))
             if not self._ready.done():

@@ -21,13 +21,14 @@ new worker starts in a second and then takes the next request to hang on.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from app.errors import InferenceFailed, InputRejected, ModelLoadError, WorkerDied, WorkerHung
 from app.runtime.process import STOP_TIMEOUT_S, WorkerExited, WorkerHandle, describe_exit
@@ -108,6 +109,7 @@ class Instance:
         self.restarts = 0
         self.failed_starts = 0
         self.slowest_warmup_s = 0.0
+        self.validation: dict[str, Any] | None = None  # an INT8 version's check against FP32 by this worker
         self._launch = launch
         self._start_timeout_s = start_timeout_s
         self._policy = policy
@@ -171,6 +173,15 @@ class Instance:
             raise
         if self.slowest_warmup_s > 0:  # it ran batches: proof enough that it is not hung
             self._suspect_until = None
+        self.validation = worker.validation
+        if self.validation is not None:
+            v = self.validation
+            log.log(
+                logging.INFO if v["action"] == "serve" else logging.ERROR,
+                "model %s: instance %d: INT8 validation on %s: agreement %.1f%% (allowed disagreement %.1f%%), %s",
+                self.model, self.index, v["isa"], 100 * v["agreement"], 100 * v["max_disagreement"], v["action"],
+                extra={"event": "quantization_validated", "model": self.model, "instance": self.index, **v},
+            )  # fmt: skip
         worker.exited.add_done_callback(lambda _: self._on_worker_exit(worker))
 
     # ---- running ---------------------------------------------------------------------------
@@ -214,7 +225,9 @@ class Instance:
             return  # already retired: the exit callback and the batch both report one death
         self.error = reason
         self._move(event)
-        self._restart_task = asyncio.get_running_loop().create_task(self._restart(worker))
+        # Not in the context of the request whose batch found the worker hung: the restart is nobody's.
+        loop = asyncio.get_running_loop()
+        self._restart_task = loop.create_task(self._restart(worker), context=contextvars.Context())
 
     async def _restart(self, old: WorkerHandle) -> None:
         try:
@@ -265,5 +278,6 @@ class Instance:
             "state": self.state.value,
             "restarts": self.restarts,
             "healthy": self.healthy,
+            "validation": self.validation,
             "error": self.error,
         }

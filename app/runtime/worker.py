@@ -7,7 +7,8 @@ Only small tuples cross the pipe; images and outputs go through shared memory th
 Protocol, parent -> worker: ``("output", shm_name)``, ``("run", batch_id, (size, kinds))``, ``("stop",)``:
 the batch's rows are described by ``kinds`` (one letter each, see ``transport.py``) and padded to
 ``size`` rows, a size the worker warmed up.
-Worker -> parent: ``("ready", out_shape, pid, slowest_warmup_s)``, ``("load_failed", message)``,
+Worker -> parent: ``("ready", out_shape, pid, slowest_warmup_s, None, validation)`` (validation: an
+INT8 version's check against FP32, see ``validation.py``, or None), ``("load_failed", message)``,
 ``("done", batch_id, compute_s)``, ``("failed", batch_id, message)``.
 """
 
@@ -31,6 +32,7 @@ from app.model_config import ModelConfig
 from app.preprocess import Normalizer
 from app.runtime.predictor_config import LoadedPredictor
 from app.runtime.transport import CROP, array_on, attach, crop_shape
+from app.runtime.validation import ValidationResult, ValidationSet, compare, cpu_isa
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,77 @@ def _ignore_group_signals() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+def _warm_up(runner: LoadedPredictor, batch: np.ndarray, sizes: tuple[int, ...]) -> tuple[tuple[int, ...], float]:
+    """Run every padded size now, not on the first request; the output shape and the slowest second run."""
+    out_shape: tuple[int, ...] = ()
+    slowest = 0.0
+    for size in sizes:
+        zeros = batch[:size]  # still all zeros
+        runner.run(zeros)  # the first run of a shape builds oneDNN primitives; time the second
+        start = time.perf_counter()
+        out = runner.run(zeros)
+        slowest = max(slowest, time.perf_counter() - start)
+        if out.shape[0] != size:
+            raise ValueError(f"output batch dimension {out.shape[0]} != input batch {size}")
+        out_shape = tuple(out.shape[1:])
+    return out_shape, slowest
+
+
+def _validate(
+    spec: WorkerSpec, runner: LoadedPredictor, normalize: Normalizer, batch: np.ndarray
+) -> tuple[LoadedPredictor, ValidationResult | None]:
+    """Run an INT8 version's validation set here; the predictor to serve (its FP32 twin on fallback)."""
+    policy = spec.config.quantization
+    if spec.config.precision != "int8" or not policy.check:
+        return runner, None
+    vset = ValidationSet.load(spec.version_dir)
+    if vset is None:
+        return runner, None
+    start = time.perf_counter()
+    largest = max(spec.batch_sizes)
+    outputs = []
+    for first in range(0, len(vset.crops), largest):
+        crops = vset.crops[first : first + largest]
+        size = next(s for s in spec.batch_sizes if s >= len(crops))  # warmed shapes only: oneDNN caches per shape
+        batch[:size] = 0
+        normalize(crops, out=batch[: len(crops)])
+        outputs.append(runner.run(batch[:size])[: len(crops)])
+    probs = np.concatenate(outputs)
+    reference = vset.reference
+    if not spec.config.output.softmax_applied:
+        probs, reference = softmax(probs), softmax(reference)
+    agreement, drop = compare(reference, probs)
+    passed = 1 - agreement <= policy.max_disagreement + 1e-9
+    action = "serve" if passed else policy.on_failure
+    result = ValidationResult(
+        len(probs), agreement, drop, policy.max_disagreement, cpu_isa(), time.perf_counter() - start, passed, action
+    )
+    if passed:
+        return runner, result
+    if action == "refuse":
+        raise PdserveError(f"model {spec.model!r}: {result.describe()}: refused (quantization.on_failure: refuse)")
+    twin = fallback_dir(spec)
+    fp32 = spec.config.model_copy(update={"precision": "fp32"})
+    return LoadedPredictor(fp32, twin, spec.model), result
+
+
+def fallback_dir(spec: WorkerSpec) -> Path:
+    """The FP32 twin's version folder: ``quantization.fallback`` or the model it was quantized from."""
+    named = spec.config.quantization.fallback or (spec.config.calibration or {}).get("from_model")
+    if not named:
+        raise PdserveError(f"model {spec.model!r}: quantization.on_failure is fallback, but no fallback model is named")
+    path = spec.version_dir.parent.parent / named
+    if not (path / "model.pdmodel").is_file():
+        raise PdserveError(f"model {spec.model!r}: fallback {named!r} has no model.pdmodel at {path}")
+    return path
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    out: np.ndarray = e / e.sum(axis=1, keepdims=True)
+    return out
+
+
 def worker_main(spec: WorkerSpec, conn: Connection) -> None:
     # Below the HTTP process in CPU priority: under overload its event loop (admission, 429s,
     # health probes) and decoding threads must not wait behind inference (BENCHMARKS.md, overload).
@@ -75,23 +148,16 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
         crops = array_on(crop_shm, (largest, *crop_shape(spec.input_shape)), np.uint8)
         batch = np.zeros((largest, *spec.input_shape), np.float32)  # what the predictor reads
         normalize = Normalizer(spec.config.preprocessing)
-        out_shape: tuple[int, ...] = ()
-        slowest = 0.0
-        for size in spec.batch_sizes:  # warm every padded size now, not on the first request
-            zeros = batch[:size]  # still all zeros
-            runner.run(zeros)  # the first run of a shape builds oneDNN primitives; time the second
-            start = time.perf_counter()
-            out = runner.run(zeros)
-            slowest = max(slowest, time.perf_counter() - start)
-            if out.shape[0] != size:
-                raise ValueError(f"output batch dimension {out.shape[0]} != input batch {size}")
-            out_shape = tuple(out.shape[1:])
+        out_shape, slowest = _warm_up(runner, batch, spec.batch_sizes)
+        runner, validation = _validate(spec, runner, normalize, batch)
+        if validation is not None and validation.action == "fallback":
+            out_shape, slowest = _warm_up(runner, batch, spec.batch_sizes)
     except Exception as exc:
         message = str(exc) if isinstance(exc, PdserveError) else f"model {spec.model!r}: {type(exc).__name__}: {exc}"
         conn.send(("load_failed", message))
         conn.close()
         return
-    conn.send(("ready", out_shape, os.getpid(), slowest))
+    conn.send(("ready", out_shape, os.getpid(), slowest, None, validation.as_dict() if validation else None))
     out_shm: SharedMemory | None = None
     outputs: np.ndarray | None = None
     while True:

@@ -301,6 +301,9 @@ def test_search_meets_an_easy_target_without_sensitivity(tiny: Path, tmp_path: P
     pdserve("quantize", "--model", tiny, "--output", again, "--label-list", calibration, "--data-root",
             sample_dir(), "--batch-size", "5", "--recipe", out / "config.yaml")  # fmt: skip
     assert (again / "1" / "model.pdiparams").read_bytes() == (out / "1" / "model.pdiparams").read_bytes()
+    # ... with the validation set every worker runs at load (app/runtime/validation.py), the same bytes
+    assert config.calibration["validation"]["images"] == 10  # all the calibration images, up to 32
+    assert (again / "1" / "validation.npz").read_bytes() == (out / "1" / "validation.npz").read_bytes()
 
 
 def test_search_that_cannot_meet_its_target_falls_back_layer_by_layer_and_says_so(tiny: Path, tmp_path: Path) -> None:

@@ -146,8 +146,16 @@ def test_top1_accuracy_through_the_api(served: MakeServe) -> None:
         top1[model] = correct / len(rows)
         print(f"\n{model} through the HTTP API: top-1 {top1[model]:.1%} ({correct}/{len(rows)})")
     assert top1[DEFAULT_MODEL] >= 0.85
-    # a regression guard, not the 0.5-point target (one image is 0.67 points here): within 1.0 point
-    assert top1[f"{DEFAULT_MODEL}_int8"] >= top1[DEFAULT_MODEL] - 0.010
+    # What the shipped INT8 model promises wherever it runs (its recipe was chosen under AVX2, the
+    # weakest INT8 kernels, and on this CPU's own ISA): within 0.5 point of FP32 on images that chose
+    # nothing; one image is 0.67 points of 150, so the guard is one image.
+    assert top1[f"{DEFAULT_MODEL}_int8"] >= top1[DEFAULT_MODEL] - 0.007
+    # ... and every worker checked it here against FP32 before serving it.
+    info = httpx.get(f"{served.url}/models/{DEFAULT_MODEL}_int8").json()
+    checks = [i["validation"] for v in info["versions"] for i in v["instances"]]
+    assert checks
+    assert all(c["passed"] and c["action"] == "serve" for c in checks), checks
+    print(f"validation at load on {checks[0]['isa']}: agreement {checks[0]['agreement']:.1%}")
 
 
 def test_sigterm_drains_queued_requests_then_exits(tmp_path: Path) -> None:

@@ -260,3 +260,24 @@ async def test_batch_of_a_size_is_not_cut() -> None:
     await asyncio.gather(*(b.submit(i) for i in range(3)))
     assert fn.batches == [[0, 1, 2]]
     await b.close()
+
+
+async def test_a_batcher_started_during_a_request_runs_outside_its_context() -> None:
+    """Issue 19: a version loaded through the admin API logged that request's id on every batch."""
+    from app import request_log
+
+    seen: list[str | None] = []
+
+    async def fn(items: list[int]) -> Sequence[int]:
+        seen.append(request_log.current_id())
+        return items
+
+    token = request_log._current.set(request_log.RequestRecord("admin-load-1", "POST", "/v2/repository/models/m/load"))
+    try:
+        b: DynamicBatcher[int, int] = DynamicBatcher(fn, BatchPolicy(1, HUGE, 1))
+        b.start()  # as a load through the admin API does
+    finally:
+        request_log._current.reset(token)
+    assert await b.submit(1) == 1
+    assert seen == [None]
+    await b.close()

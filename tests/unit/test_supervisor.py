@@ -53,6 +53,7 @@ class FakeWorker:
         return (2,)
 
     signature = None
+    validation = None
 
     async def run_tensors(self, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
         raise NotImplementedError
