@@ -29,7 +29,7 @@ COPY scripts/lock_without.py ./scripts/
 RUN make VENV=/opt/venv VENV_FLAGS=--system-site-packages PADDLE= PYTHON=python3 /opt/venv/.deps \
  && /opt/venv/bin/python -c "import paddle, paddle.inference as i; assert paddle.device.is_compiled_with_cuda(), 'no CUDA Paddle'; print('TensorRT compiled', i.get_trt_compile_version())"
 COPY README.md ./
-COPY app ./app
+COPY pdserve ./pdserve
 RUN make VENV=/opt/venv VENV_FLAGS=--system-site-packages PADDLE= PYTHON=python3 EDITABLE= /opt/venv/.serve
 COPY model_repo /models
 ENV PATH=/opt/venv/bin:$PATH \
@@ -63,7 +63,7 @@ COPY scripts/lock_without.py ./scripts/
 RUN make VENV=/opt/venv /opt/venv/.deps
 # Then the package itself, installed (not editable): the final image needs only /opt/venv.
 COPY README.md ./
-COPY app ./app
+COPY pdserve ./pdserve
 RUN make VENV=/opt/venv EDITABLE= /opt/venv/.serve
 
 FROM ${PYTHON_IMAGE} AS cpu

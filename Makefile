@@ -103,6 +103,7 @@ k8s-validate: $(VENV)/.dev
 
 typecheck: $(VENV)/.dev
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: lint typecheck
 	$(BIN)/python -m pytest
@@ -120,7 +121,7 @@ $(VENV)/.convert: pyproject.toml | $(VENV)/.dev
 	touch $@
 
 model: $(VENV)/.convert
-	FLAGS_enable_pir_api=0 $(BIN)/python -m app.pipeline.efficientnet_lite --output model_repo/efficientnet_lite0 \
+	FLAGS_enable_pir_api=0 $(BIN)/python -m pdserve.pipeline.efficientnet_lite --output model_repo/efficientnet_lite0 \
 		--reference tests/data/efficientnet_lite0_reference.npz --sample $(SAMPLE)
 
 # model_repo/efficientnet_lite0_int8 is made from the FP32 model and the 200 images of

@@ -25,8 +25,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.pipeline.loadgen import Request, Target, closed_loop, percentile, run  # noqa: E402
-from app.pipeline.served import Served  # noqa: E402
+from pdserve.pipeline.loadgen import Request, Target, closed_loop, percentile, run  # noqa: E402
+from pdserve.pipeline.served import Served  # noqa: E402
 from tests.helpers import sample_list  # noqa: E402
 
 
@@ -86,7 +86,7 @@ def main() -> int:
     try:
         resnet = work / "resnet50"
         subprocess.run(
-            [sys.executable, "-m", "app", "export", "--arch", "resnet50", "--output", str(resnet)],
+            [sys.executable, "-m", "pdserve", "export", "--arch", "resnet50", "--output", str(resnet)],
             cwd=ROOT,
             check=True,
             capture_output=True,

@@ -3,7 +3,7 @@ what the INT8 version's validation set says there (issue 18).
 
     .venv/bin/python benchmarks/int8_isa.py [--isa AVX2 SSE41 ...] [--models FP32_DIR INT8_DIR ...]
 
-Each (model, ISA) runs in a child process with ``ONEDNN_MAX_CPU_ISA`` set (``app.pipeline.isa``);
+Each (model, ISA) runs in a child process with ``ONEDNN_MAX_CPU_ISA`` set (``pdserve.pipeline.isa``);
 the CPU is named. Prints a Markdown table and writes ``bench-results/int8_isa.json``.
 """
 
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from app.pipeline.dataset import Sample, load_images
-from app.pipeline.evaluate import LocalModel
-from app.pipeline.isa import ISA_ORDER, distinct_isas, native_isa, predict_under
-from app.runtime.validation import ValidationSet, compare, cpu_isa
+from pdserve.pipeline.dataset import Sample, load_images
+from pdserve.pipeline.evaluate import LocalModel
+from pdserve.pipeline.isa import ISA_ORDER, distinct_isas, native_isa, predict_under
+from pdserve.runtime.validation import ValidationSet, compare, cpu_isa
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT.parent / "shared" / "data" / "imagenet-sample"
@@ -70,7 +70,7 @@ def main() -> None:
                 vset = ValidationSet.load(LocalModel.open(int8).version_dir)
                 if vset is not None:
                     crops_file = Path(tmp) / "validation.npy"
-                    from app.preprocess import Normalizer
+                    from pdserve.preprocess import Normalizer
 
                     np.save(crops_file, Normalizer(fp32.config.preprocessing)(vset.crops))
                     agreement, largest = compare(vset.reference, predict_under(isa, int8, crops_file, args.threads))

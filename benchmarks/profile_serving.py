@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from app.pipeline.loadgen import Request, Target, closed_loop, run  # noqa: E402
-from app.pipeline.served import Served, cpu_seconds  # noqa: E402
+from pdserve.pipeline.loadgen import Request, Target, closed_loop, run  # noqa: E402
+from pdserve.pipeline.served import Served, cpu_seconds  # noqa: E402
 from tests.helpers import sample_list  # noqa: E402
 
 PY_SPY = ROOT / ".venv-bench" / "bin" / "py-spy"
@@ -53,8 +53,8 @@ STAGES: list[tuple[str, str]] = [
 
 
 def _preprocess_lines() -> dict[int, str]:
-    """Line numbers of app/preprocess.py's ``crop`` and ``Normalizer``, by what each line does."""
-    lines = (ROOT / "app" / "preprocess.py").read_text().splitlines()
+    """Line numbers of pdserve/preprocess.py's ``crop`` and ``Normalizer``, by what each line does."""
+    lines = (ROOT / "pdserve" / "preprocess.py").read_text().splitlines()
     out = {}
     for number, line in enumerate(lines, 1):
         if "cv2.resize" in line:

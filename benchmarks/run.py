@@ -1,7 +1,7 @@
 """``make bench``: pdserve against Triton (pytriton), LitServe, a plain FastAPI route and the in-process limit.
 
 Each server is started on 127.0.0.1 in its own process tree with the same model files, the same
-preprocessing code (``app.preprocess``), the same predictor setup (``LoadedPredictor``), the same
+preprocessing code (``pdserve.preprocess``), the same predictor setup (``LoadedPredictor``), the same
 batch limit and queue delay and the same math threads, then driven by ``scripts/loadgen.py``
 (asyncio, keep-alive, uvloop) posting real JPEGs from the sample: closed loop at each concurrency,
 then open loop at fixed rates. Every response is checked (status 200 and a top-1 class). Per run:
@@ -42,9 +42,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from app.pipeline.bench import rss_mib  # noqa: E402
-from app.pipeline.loadgen import Request, Target, closed_loop, open_loop, percentile, run  # noqa: E402
-from app.pipeline.served import cpu_seconds, tree  # noqa: E402
+from pdserve.pipeline.bench import rss_mib  # noqa: E402
+from pdserve.pipeline.loadgen import Request, Target, closed_loop, open_loop, percentile, run  # noqa: E402
+from pdserve.pipeline.served import cpu_seconds, tree  # noqa: E402
 from tests.helpers import free_port, sample_list  # noqa: E402
 
 BENCH_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
@@ -102,7 +102,16 @@ def servers(batch: int, delay_ms: float, threads: int, repos: dict[str, Path]) -
     return {
         "pdserve": Server(
             "pdserve",
-            lambda port: [sys.executable, "-m", "app", "serve", "--port", str(port), "--model-repo", str(repos[MODEL])],
+            lambda port: [
+                sys.executable,
+                "-m",
+                "pdserve",
+                "serve",
+                "--port",
+                str(port),
+                "--model-repo",
+                str(repos[MODEL]),
+            ],
             "/readyz",
             lambda jpeg: Request(jpeg, path=f"/models/{MODEL}/predict"),
             _pdserve_top1,
@@ -111,7 +120,7 @@ def servers(batch: int, delay_ms: float, threads: int, repos: dict[str, Path]) -
         "pdserve-int8": Server(
             "pdserve-int8",
             lambda port: [
-                *(sys.executable, "-m", "app", "serve", "--port", str(port)),
+                *(sys.executable, "-m", "pdserve", "serve", "--port", str(port)),
                 *("--model-repo", str(repos[f"{MODEL}_int8"])),
             ],
             "/readyz",

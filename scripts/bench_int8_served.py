@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from app.pipeline.loadgen import Request, Target, closed_loop, percentile, run  # noqa: E402
-from app.pipeline.served import Served  # noqa: E402
+from pdserve.pipeline.loadgen import Request, Target, closed_loop, percentile, run  # noqa: E402
+from pdserve.pipeline.served import Served  # noqa: E402
 from tests.helpers import sample_list  # noqa: E402
 
 FP32, INT8 = "efficientnet_lite0", "efficientnet_lite0_int8"

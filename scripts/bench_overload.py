@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from app.pipeline.loadgen import Request, Result, Target, closed_loop, open_loop, percentile, run  # noqa: E402
-from app.pipeline.served import Served  # noqa: E402
+from pdserve.pipeline.loadgen import Request, Result, Target, closed_loop, open_loop, percentile, run  # noqa: E402
+from pdserve.pipeline.served import Served  # noqa: E402
 from tests.helpers import MODEL_REPO, metric, sample_list  # noqa: E402
 
 MODEL = "efficientnet_lite0"

@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import tritonclient.http as triton  # noqa: E402
 
-from app.pipeline.loadgen import Request, Result, Target, run  # noqa: E402
-from app.pipeline.served import Served  # noqa: E402
+from pdserve.pipeline.loadgen import Request, Result, Target, run  # noqa: E402
+from pdserve.pipeline.served import Served  # noqa: E402
 from tests.helpers import DEFAULT_MODEL, MODEL_REPO, make_repo, sample_list  # noqa: E402
 
 KEY = "bench-admin-key"

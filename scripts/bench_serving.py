@@ -28,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.pipeline.bench import rss_mib  # noqa: E402
+from pdserve.pipeline.bench import rss_mib  # noqa: E402
 from tests.helpers import free_port, make_repo, metric, sample_list  # noqa: E402
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -62,7 +62,7 @@ def run_variant(overrides: dict[str, Any], images: list[bytes], args: argparse.N
         repo = make_repo(Path(tmp), overrides)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        cmd = [sys.executable, "-m", "app", "serve", "--port", str(port), "--model-repo", str(repo)]
+        cmd = [sys.executable, "-m", "pdserve", "serve", "--port", str(port), "--model-repo", str(repo)]
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + 300

@@ -18,8 +18,8 @@ from prometheus_client import generate_latest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.gpu_metrics import GpuMonitor
-from app.metrics import Metrics
+from pdserve.gpu_metrics import GpuMonitor
+from pdserve.metrics import Metrics
 
 
 def show(label: str, monitor: GpuMonitor, metrics: Metrics) -> None:

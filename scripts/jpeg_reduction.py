@@ -22,9 +22,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.model_config import load_model_config, version_folders  # noqa: E402
-from app.preprocess import image_size, jpeg_reduction, load_and_preprocess  # noqa: E402
-from app.runtime.predictor_config import LoadedPredictor  # noqa: E402
+from pdserve.model_config import load_model_config, version_folders  # noqa: E402
+from pdserve.preprocess import image_size, jpeg_reduction, load_and_preprocess  # noqa: E402
+from pdserve.runtime.predictor_config import LoadedPredictor  # noqa: E402
 from tests.helpers import sample_split  # noqa: E402
 
 

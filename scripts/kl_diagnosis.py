@@ -22,10 +22,10 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from app.pipeline.dataset import read_label_list  # noqa: E402
-from app.pipeline.evaluate import LocalModel  # noqa: E402
-from app.pipeline.ptq import BOUNDED_OUTPUTS, Recipe, thresholds  # noqa: E402
-from app.pipeline.search import Search, quiet_paddle  # noqa: E402
+from pdserve.pipeline.dataset import read_label_list  # noqa: E402
+from pdserve.pipeline.evaluate import LocalModel  # noqa: E402
+from pdserve.pipeline.ptq import BOUNDED_OUTPUTS, Recipe, thresholds  # noqa: E402
+from pdserve.pipeline.search import Search, quiet_paddle  # noqa: E402
 from tests.helpers import sample_dir  # noqa: E402
 
 

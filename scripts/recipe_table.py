@@ -22,10 +22,10 @@ os.environ.setdefault("FLAGS_enable_pir_api", "0")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.pipeline.dataset import PipelineError, read_label_list  # noqa: E402
-from app.pipeline.evaluate import LocalModel  # noqa: E402
-from app.pipeline.ptq import Recipe  # noqa: E402
-from app.pipeline.search import Search, quiet_paddle  # noqa: E402
+from pdserve.pipeline.dataset import PipelineError, read_label_list  # noqa: E402
+from pdserve.pipeline.evaluate import LocalModel  # noqa: E402
+from pdserve.pipeline.ptq import Recipe  # noqa: E402
+from pdserve.pipeline.search import Search, quiet_paddle  # noqa: E402
 from tests.helpers import sample_dir  # noqa: E402
 
 INT8 = ROOT / "model_repo" / "efficientnet_lite0_int8"

@@ -23,8 +23,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.model_config import Preprocessing, load_model_config  # noqa: E402
-from app.preprocess import load_and_preprocess  # noqa: E402
+from pdserve.model_config import Preprocessing, load_model_config  # noqa: E402
+from pdserve.preprocess import load_and_preprocess  # noqa: E402
 
 SAMPLE = ROOT.parent / "shared" / "data" / "imagenet-sample"
 MODEL = ROOT / "model_repo" / "efficientnet_lite0"
@@ -68,7 +68,7 @@ def reference_accuracy() -> None:
 
 
 def _predictor(threads: int):  # type: ignore[no-untyped-def]
-    from app.runtime.predictor_config import LoadedPredictor
+    from pdserve.runtime.predictor_config import LoadedPredictor
 
     config = load_model_config(MODEL).model_copy(update={"cpu_threads": threads})
     return LoadedPredictor(config, MODEL / "1", "efficientnet_lite0")

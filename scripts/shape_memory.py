@@ -19,9 +19,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.model_config import load_model_config, version_folders  # noqa: E402
-from app.pipeline.bench import rss_mib  # noqa: E402
-from app.runtime.predictor_config import LoadedPredictor  # noqa: E402
+from pdserve.model_config import load_model_config, version_folders  # noqa: E402
+from pdserve.pipeline.bench import rss_mib  # noqa: E402
+from pdserve.runtime.predictor_config import LoadedPredictor  # noqa: E402
 
 
 def main() -> int:

@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from app.pipeline.loadgen import Request, Result, Target, closed_loop, run  # noqa: E402
-from app.pipeline.served import Served  # noqa: E402
+from pdserve.pipeline.loadgen import Request, Result, Target, closed_loop, run  # noqa: E402
+from pdserve.pipeline.served import Served  # noqa: E402
 from tests.helpers import MODEL_REPO, sample_list  # noqa: E402
 from tests.unit.test_preprocess import bomb  # noqa: E402
 

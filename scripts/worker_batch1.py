@@ -27,8 +27,8 @@ MODEL = ROOT / "model_repo" / "efficientnet_lite0"
 def child(nice: int, sizes: tuple[int, ...], gap_s: float, out: Queue[float]) -> None:
     sys.path.insert(0, str(ROOT))
     os.nice(nice)
-    from app.model_config import load_model_config
-    from app.runtime.predictor_config import LoadedPredictor
+    from pdserve.model_config import load_model_config
+    from pdserve.runtime.predictor_config import LoadedPredictor
 
     config = load_model_config(MODEL).model_copy(update={"cpu_threads": 1})
     predictor = LoadedPredictor(config, MODEL / "1", MODEL.name)

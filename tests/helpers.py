@@ -16,7 +16,7 @@ import pytest
 import uvicorn
 import yaml
 
-from app.pipeline.served import free_port as free_port  # the tests import it from here
+from pdserve.pipeline.served import free_port as free_port  # the tests import it from here
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_REPO = ROOT / "model_repo"
@@ -99,7 +99,7 @@ class ServerThread:
     """A real uvicorn server on 127.0.0.1 in a thread of the test process."""
 
     def __init__(self, app: Any) -> None:
-        from app.server import DrainingServer
+        from pdserve.server import DrainingServer
 
         self.app = app
         self.port = free_port()
@@ -134,8 +134,8 @@ class ServerThread:
 
 @contextmanager
 def running_app(repo: Path, ready: bool = True, **settings: Any) -> Iterator[ServerThread]:
-    from app.factory import create_app
-    from app.settings import Settings
+    from pdserve.factory import create_app
+    from pdserve.settings import Settings
 
     app = create_app(Settings(model_repo=repo, **settings))
     with ServerThread(app) as server:

@@ -1,8 +1,8 @@
 """What every peer server shares with pdserve: the model files, the predictor setup and the preprocessing.
 
 A peer classifies JPEG bytes with the shipped model's config (``model_repo/<name>/config.yaml``):
-``app.preprocess.load_and_crop`` per image, ``app.preprocess.Normalizer`` per batch and
-``app.runtime.predictor_config.LoadedPredictor``: the same code pdserve runs (its HTTP process crops,
+``pdserve.preprocess.load_and_crop`` per image, ``pdserve.preprocess.Normalizer`` per batch and
+``pdserve.runtime.predictor_config.LoadedPredictor``: the same code pdserve runs (its HTTP process crops,
 its workers normalise and predict), so that the servers differ only in how they serve.
 """
 
@@ -18,8 +18,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from app.model_config import ModelConfig, load_model_config, version_folders  # noqa: E402
-from app.preprocess import Normalizer, load_and_crop  # noqa: E402
+from pdserve.model_config import ModelConfig, load_model_config, version_folders  # noqa: E402
+from pdserve.preprocess import Normalizer, load_and_crop  # noqa: E402
 
 MAX_PIXELS = 40_000_000
 
@@ -28,7 +28,7 @@ class Classifier:
     """One predictor for one model folder, with ``threads`` math threads."""
 
     def __init__(self, model_dir: Path, threads: int) -> None:
-        from app.runtime.predictor_config import LoadedPredictor
+        from pdserve.runtime.predictor_config import LoadedPredictor
 
         config = load_model_config(model_dir).model_copy(update={"cpu_threads": threads})
         version = max(version_folders(model_dir))

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.model_config import load_model_config
+from pdserve.model_config import load_model_config
 from tests.helpers import DEFAULT_MODEL, MODEL_REPO, ROOT, running_app, sample_dir
 
 pytestmark = pytest.mark.timeout(900)
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.timeout(900)
 def pdserve(*args: str | Path, ok: bool = True) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "FLAGS_enable_pir_api"}  # the CLI must set it itself
     result = subprocess.run(
-        [sys.executable, "-m", "app", *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True
+        [sys.executable, "-m", "pdserve", *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True
     )
     if ok:
         assert result.returncode == 0, result.stderr[-3000:]
@@ -301,7 +301,7 @@ def test_search_meets_an_easy_target_without_sensitivity(tiny: Path, tmp_path: P
     pdserve("quantize", "--model", tiny, "--output", again, "--label-list", calibration, "--data-root",
             sample_dir(), "--batch-size", "5", "--recipe", out / "config.yaml")  # fmt: skip
     assert (again / "1" / "model.pdiparams").read_bytes() == (out / "1" / "model.pdiparams").read_bytes()
-    # ... with the validation set every worker runs at load (app/runtime/validation.py), the same bytes
+    # ... with the validation set every worker runs at load (pdserve/runtime/validation.py), the same bytes
     assert config.calibration["validation"]["images"] == 10  # all the calibration images, up to 32
     assert (again / "1" / "validation.npz").read_bytes() == (out / "1" / "validation.npz").read_bytes()
 

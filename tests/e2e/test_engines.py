@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import yaml
 
-from app.model_config import load_model_config
-from app.runtime.predictor_config import SHAPE_FILE, plan_predictor, read_shape_ranges
+from pdserve.model_config import load_model_config
+from pdserve.runtime.predictor_config import SHAPE_FILE, plan_predictor, read_shape_ranges
 from tests.e2e.test_cli import pdserve
 
 

@@ -16,9 +16,9 @@ import httpx
 import numpy as np
 import pytest
 
-from app.model_config import load_model_config
-from app.pipeline.evaluate import LocalModel
-from app.preprocess import load_and_preprocess
+from pdserve.model_config import load_model_config
+from pdserve.pipeline.evaluate import LocalModel
+from pdserve.preprocess import load_and_preprocess
 from tests.helpers import ROOT, running_app, sample_list
 
 pytestmark = pytest.mark.timeout(900)
@@ -59,14 +59,14 @@ def test_paddleslim_quantized_model_serves_like_ours(tmp_path: Path) -> None:
         pytest.skip(f"PaddleSlim is not installed in {SIDE} (make test installs it)")
     env = {**os.environ, "FLAGS_enable_pir_api": "0"}
     fp32 = tmp_path / "fp32"
-    run([sys.executable, "-m", "app", "export", "--arch", "mobilenet_v3_small", "--output", fp32], env)
+    run([sys.executable, "-m", "pdserve", "export", "--arch", "mobilenet_v3_small", "--output", fp32], env)
     rows = sample_list(10)
     listing = tmp_path / "calib.txt"
     listing.write_text("".join(f"{p} {label}\n" for p, label in rows))
 
     ours = tmp_path / "ours"
     run(
-        [sys.executable, "-m", "app", "quantize", "--model", fp32, "--output", ours, "--label-list", listing,
+        [sys.executable, "-m", "pdserve", "quantize", "--model", fp32, "--output", ours, "--label-list", listing,
          "--data-root", "/", "--algo", "abs_max", "--batch-size", "5", "--batch-nums", "2",
          # Paddle's stock recipe, as PaddleSlim runs it: batch norm unfolded, ReLU6 scales calibrated.
          "--no-fuse-bn", "--unbounded-scales"],

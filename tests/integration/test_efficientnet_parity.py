@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.model_config import load_model_config
-from app.preprocess import load_and_preprocess
+from pdserve.model_config import load_model_config
+from pdserve.preprocess import load_and_preprocess
 from tests.helpers import DEFAULT_MODEL, MODEL_REPO, ROOT, sample_dir
 
 pytestmark = pytest.mark.timeout(300)

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import yaml
 
-from app.runtime.validation import VALIDATION_FILE
+from pdserve.runtime.validation import VALIDATION_FILE
 from tests.helpers import DEFAULT_MODEL, MODEL_REPO, ServerThread, metric, running_app, sample_list, wait_until
 
 pytestmark = pytest.mark.timeout(300)
@@ -130,9 +130,9 @@ def test_a_model_runs_under_a_restricted_isa_in_a_child_process(tmp_path: Path) 
     """What the search's --isa does for each candidate: the same model, oneDNN limited to SSE4.1."""
     import numpy as np
 
-    from app.pipeline.dataset import Sample, load_images
-    from app.pipeline.evaluate import LocalModel, predict_timed
-    from app.pipeline.isa import predict_under
+    from pdserve.pipeline.dataset import Sample, load_images
+    from pdserve.pipeline.evaluate import LocalModel, predict_timed
+    from pdserve.pipeline.isa import predict_under
 
     model = LocalModel.open(MODEL_REPO / DEFAULT_MODEL)
     images = load_images([Sample(p, label) for p, label in sample_list(4)], model.config.preprocessing)

@@ -197,7 +197,7 @@ def test_polling_loads_a_new_version_folder(tmp_path: Path) -> None:
 
 
 def _tree_rss_mib(pid: int) -> float:
-    from app.pipeline.bench import rss_mib
+    from pdserve.pipeline.bench import rss_mib
 
     # children of every thread: the server runs in a thread of this process, and spawns from it
     children = {int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()}

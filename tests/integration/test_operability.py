@@ -273,8 +273,8 @@ def test_drain_turns_readiness_off_at_once_keeps_accepting_then_answers_everythi
 
 
 def test_refusing_phase_answers_503_shutting_down() -> None:
-    from app.errors import ShuttingDown
-    from app.lifecycle import Lifecycle
+    from pdserve.errors import ShuttingDown
+    from pdserve.lifecycle import Lifecycle
 
     lifecycle = Lifecycle()
     flushed: list[bool] = []

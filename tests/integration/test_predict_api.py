@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.model_config import load_model_config
+from pdserve.model_config import load_model_config
 from tests.helpers import DEFAULT_MODEL, MODEL_REPO, ServerThread, metric, running_app, sample_list
 
 pytestmark = pytest.mark.timeout(180)

@@ -198,9 +198,9 @@ def test_broken_models_fail_alone_with_reasons(tmp_path: Path, images: list[byte
 
 
 def test_a_repository_without_models_refuses_to_start(tmp_path: Path) -> None:
-    from app.errors import ModelLoadError
-    from app.factory import create_app
-    from app.settings import Settings
+    from pdserve.errors import ModelLoadError
+    from pdserve.factory import create_app
+    from pdserve.settings import Settings
 
     with pytest.raises(ModelLoadError, match="has no model folders"):
         create_app(Settings(model_repo=tmp_path))

@@ -14,8 +14,8 @@ import tritonclient.http as triton
 import tritonclient.http.aio as triton_aio
 from tritonclient.utils import InferenceServerException
 
-from app.model_config import load_model_config
-from app.preprocess import load_and_preprocess
+from pdserve.model_config import load_model_config
+from pdserve.preprocess import load_and_preprocess
 from tests.helpers import DEFAULT_MODEL, MODEL_REPO, ServerThread, make_repo, running_app, sample_list
 
 pytestmark = pytest.mark.timeout(240)

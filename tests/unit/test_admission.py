@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from app.admission import DrainRate, ModelAdmission, ProcessLimits
-from app.errors import Overloaded
+from pdserve.admission import DrainRate, ModelAdmission, ProcessLimits
+from pdserve.errors import Overloaded
 
 
 class Door:

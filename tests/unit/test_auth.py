@@ -6,7 +6,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from app.api.auth import redact
+from pdserve.api.auth import redact
 
 
 def test_redaction_keeps_relative_roots_and_api_routes_intact() -> None:

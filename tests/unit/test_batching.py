@@ -7,8 +7,8 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
-from app.batching import BatchObserver, BatchPolicy, DynamicBatcher
-from app.errors import InferenceFailed, RequestTimeout, ShuttingDown
+from pdserve.batching import BatchObserver, BatchPolicy, DynamicBatcher
+from pdserve.errors import InferenceFailed, RequestTimeout, ShuttingDown
 
 HUGE = 3600.0
 pytestmark = pytest.mark.timeout(10)
@@ -264,7 +264,7 @@ async def test_batch_of_a_size_is_not_cut() -> None:
 
 async def test_a_batcher_started_during_a_request_runs_outside_its_context() -> None:
     """Issue 19: a version loaded through the admin API logged that request's id on every batch."""
-    from app import request_log
+    from pdserve import request_log
 
     seen: list[str | None] = []
 

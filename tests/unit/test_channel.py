@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import uvloop
 
-from app.runtime.channel import AsyncChannel, FrameReader, frame
+from pdserve.runtime.channel import AsyncChannel, FrameReader, frame
 
 pytestmark = pytest.mark.timeout(120)
 SIZES = [0, 1, 4095, 1 << 20, 5 << 20, 24 << 20]  # up to a 1x3x640x640 float32 tensor's JSON size

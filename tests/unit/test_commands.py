@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.cli import build_parser
+from pdserve.cli import build_parser
 
 
 def test_quantize_defaults_to_the_algorithm_measured_best() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from app.settings import Settings
+from pdserve.settings import Settings
 from tests.helpers import ROOT
 
 K8S = ROOT / "deploy" / "k8s"

@@ -7,8 +7,8 @@ from typing import Any
 
 from prometheus_client import generate_latest
 
-from app.gpu_metrics import GpuMonitor
-from app.metrics import Metrics
+from pdserve.gpu_metrics import GpuMonitor
+from pdserve.metrics import Metrics
 
 
 class NVMLError(Exception):

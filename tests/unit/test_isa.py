@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.pipeline import isa
+from pdserve.pipeline import isa
 
 
 def test_only_older_isas_than_this_cpus_are_measured_apart(monkeypatch: pytest.MonkeyPatch) -> None:

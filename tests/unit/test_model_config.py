@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from app.errors import ModelConfigError
-from app.model_config import ModelConfig, load_model_config
+from pdserve.errors import ModelConfigError
+from pdserve.model_config import ModelConfig, load_model_config
 
 REPO_MODEL = Path(__file__).resolve().parents[2] / "model_repo" / "efficientnet_lite0"
 

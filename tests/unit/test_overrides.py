@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from app.model_config import ModelConfig
-from app.repository import Overrides
+from pdserve.model_config import ModelConfig
+from pdserve.repository import Overrides
 
 
 def test_no_overrides_keep_the_config() -> None:

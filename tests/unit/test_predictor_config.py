@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from app.errors import ModelLoadError
-from app.model_config import ModelConfig
-from app.runtime.predictor_config import (
+from pdserve.errors import ModelLoadError
+from pdserve.model_config import ModelConfig
+from pdserve.runtime.predictor_config import (
     SHAPE_FILE,
     Precision,
     engine_cache_dir,

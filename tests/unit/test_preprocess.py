@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.errors import ImageTooLarge, InvalidImage
-from app.model_config import Preprocessing
-from app.preprocess import (
+from pdserve.errors import ImageTooLarge, InvalidImage
+from pdserve.model_config import Preprocessing
+from pdserve.preprocess import (
     Normalizer,
     crop,
     decode_image,
@@ -20,7 +20,7 @@ from app.preprocess import (
     load_and_preprocess,
     preprocess,
 )
-from app.runtime.transport import CROP, TENSOR, BatchBuffers
+from pdserve.runtime.transport import CROP, TENSOR, BatchBuffers
 
 SPEC = Preprocessing(resize_shorter=256, crop=224, mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0))
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.pipeline.dataset import PipelineError
-from app.pipeline.ptq import Layer, Recipe, Statistics, kl_threshold, thresholds
-from app.pipeline.search import Candidate
+from pdserve.pipeline.dataset import PipelineError
+from pdserve.pipeline.ptq import Layer, Recipe, Statistics, kl_threshold, thresholds
+from pdserve.pipeline.search import Candidate
 
 
 def test_recipe_names_round_trips_and_validation() -> None:

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from app.errors import ModelLoadError, ModelNotFound, ModelNotReady
-from app.metrics import Metrics
-from app.repository import ModelRepository
-from app.runtime.process import WorkerOptions
+from pdserve.errors import ModelLoadError, ModelNotFound, ModelNotReady
+from pdserve.metrics import Metrics
+from pdserve.repository import ModelRepository
+from pdserve.runtime.process import WorkerOptions
 
 
 def model(root: Path, name: str) -> None:

@@ -6,9 +6,9 @@ import argparse
 import json
 import logging
 
-from app.cli import build_parser
-from app.request_log import JsonFormatter, RequestRecord, TextFormatter, _current, _WithRequestId, request_id_from
-from app.settings import Settings
+from pdserve.cli import build_parser
+from pdserve.request_log import JsonFormatter, RequestRecord, TextFormatter, _current, _WithRequestId, request_id_from
+from pdserve.settings import Settings
 
 
 def _record(**extra: object) -> logging.LogRecord:

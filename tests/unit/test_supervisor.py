@@ -10,11 +10,11 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from app.errors import ModelLoadError, ModelUnavailable, ShuttingDown, WorkerDied, WorkerHung
-from app.model_config import ModelConfig
-from app.runtime.pool import WorkerPool
-from app.runtime.process import WorkerExited, WorkerOptions
-from app.runtime.supervisor import TRANSITIONS, IllegalTransition, Instance, InstanceState, RestartPolicy
+from pdserve.errors import ModelLoadError, ModelUnavailable, ShuttingDown, WorkerDied, WorkerHung
+from pdserve.model_config import ModelConfig
+from pdserve.runtime.pool import WorkerPool
+from pdserve.runtime.process import WorkerExited, WorkerOptions
+from pdserve.runtime.supervisor import TRANSITIONS, IllegalTransition, Instance, InstanceState, RestartPolicy
 
 pytestmark = pytest.mark.timeout(10)
 FAST = RestartPolicy(max_failed_starts=3, backoff_base_s=0.001, backoff_max_s=0.004)

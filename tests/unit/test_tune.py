@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import yaml
 
-from app.model_config import ModelConfig
-from app.pipeline.tune import Candidate, Measurement, TuneOptions, better, layouts_for, meets, update_config_text
+from pdserve.model_config import ModelConfig
+from pdserve.pipeline.tune import Candidate, Measurement, TuneOptions, better, layouts_for, meets, update_config_text
 
 BASE = Candidate(2, 1, 8, 0.0)
 

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from app.api.v2.tensors import OutputTensor, compress, decompress, encode_response, parse_request
-from app.errors import BadRequest, PayloadTooLarge
+from pdserve.api.v2.tensors import OutputTensor, compress, decompress, encode_response, parse_request
+from pdserve.errors import BadRequest, PayloadTooLarge
 
 
 def _binary(header: dict[str, Any], *chunks: bytes) -> tuple[bytes, str]:

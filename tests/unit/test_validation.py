@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.runtime.validation import VALIDATION_FILE, ValidationSet, compare, cpu_isa
+from pdserve.runtime.validation import VALIDATION_FILE, ValidationSet, compare, cpu_isa
 
 
 def test_the_set_round_trips_through_jpeg_and_stays_small(tmp_path: Path) -> None:

@@ -1,0 +1,83 @@
+"""What every inference request goes through, whatever its protocol: the process-wide limits, the
+request metrics, and cancellation when the client leaves."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable
+from types import TracebackType
+from typing import TypeVar
+
+from starlette.requests import Request
+
+from pdserve.api.inputs import wait_for_disconnect
+from pdserve.errors import ClientDisconnected, Overloaded, PdserveError
+from pdserve.repository import ModelVersion
+from pdserve.request_log import current as current_request
+from pdserve.service import InferenceService
+
+T = TypeVar("T")
+PROCESS_REASONS = ("requests_in_flight", "body_bytes_in_flight")
+
+
+class Accounted:
+    """``with Accounted(service) as req: req.enter(target); ...``: counts the request by model and
+    status, keeps it within the process-wide limit while it runs, and records why it failed."""
+
+    def __init__(self, service: InferenceService) -> None:
+        self._service = service
+        self._started = time.perf_counter()
+        self.label = ""
+        self._entered = False
+        self._target: ModelVersion | None = None
+
+    def __enter__(self) -> Accounted:
+        return self
+
+    def enter(self, target: ModelVersion) -> None:
+        """The request is for ``target``: count it in flight, or refuse it (429) over the limit."""
+        self.label = target.name
+        self._service.limits.enter()
+        self._entered = True
+        self._target = target
+        record = current_request()
+        if record is not None:
+            record.target(target.name, target.version)
+        target.hold()  # a reload retires this version only after this request is done
+        self._service.metrics.inflight.labels(self.label).inc()
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        metrics = self._service.metrics
+        status, reason = 200, None
+        if isinstance(exc, PdserveError):
+            status, reason = exc.status_code, exc.code
+            if isinstance(exc, Overloaded) and exc.reason in PROCESS_REASONS:
+                metrics.admission.labels(self.label, exc.reason).inc()
+        elif exc is not None:
+            status, reason = 500, "internal_error"
+        if self._target is not None:
+            self._target.release()
+        if self._entered:
+            self._service.limits.leave()
+            metrics.inflight.labels(self.label).dec()
+        metrics.request_latency.labels(self.label, str(status)).observe(time.perf_counter() - self._started)
+        metrics.requests.labels(self.label, str(status)).inc()
+        if reason is not None:
+            metrics.errors.labels(self.label, reason).inc()
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work``; if the client goes away first, cancel it (its images leave the queue)."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(wait_for_disconnect(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        abandoned = not task.done()
+        if abandoned:  # client left (or we are cancelled)
+            task.cancel()
+    if abandoned:
+        raise ClientDisconnected("client disconnected before its result was ready")
+    return task.result()

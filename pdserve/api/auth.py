@@ -1,0 +1,74 @@
+"""Bearer keys: one for the management API (required; without one configured it is disabled), an
+optional one for inference. Compared in constant time. ``/metrics``, ``/healthz`` and ``/readyz``
+stay open. Callers without the admin key never see file system paths or pids in error messages."""
+
+from __future__ import annotations
+
+import hmac
+import re
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from pdserve.errors import Forbidden, Unauthorized
+from pdserve.settings import Settings
+
+_PID = re.compile(r"\s*\bpid \d+")
+# An absolute file-system path (not an API route such as /v2/models/m/infer): keep its last part.
+_PATH = re.compile(
+    r"(?<![\w.])/(?:tmp|home|root|usr|opt|var|srv|etc|mnt|data|models|work|proc|dev|lib|run|media|app)/"
+    r"(?:[\w.@+-]+/)*([\w.@+-]+)"
+)
+
+
+def _bearer(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def admin_key(settings: Settings) -> str | None:
+    if settings.admin_key_file is not None:
+        try:  # read on each use, so a rotated Secret takes effect without a restart
+            return settings.admin_key_file.read_text().strip() or None
+        except OSError:
+            return None
+    return settings.admin_key.get_secret_value() if settings.admin_key is not None else None
+
+
+def _matches(given: str | None, key: str) -> bool:
+    return given is not None and hmac.compare_digest(given.encode(), key.encode())
+
+
+def is_admin(request: Request) -> bool:
+    key = admin_key(request.app.state.service.settings)
+    return key is not None and _matches(_bearer(request), key)
+
+
+async def require_admin(request: Request) -> None:
+    key = admin_key(request.app.state.service.settings)
+    if key is None:
+        raise Forbidden("the management API is disabled: set PDSERVE_ADMIN_KEY or PDSERVE_ADMIN_KEY_FILE")
+    if not _matches(_bearer(request), key):
+        raise Unauthorized("the management API needs 'Authorization: Bearer <admin key>'")
+
+
+async def require_api_key(request: Request) -> None:
+    settings: Settings = request.app.state.service.settings
+    if settings.api_key is not None and not _matches(_bearer(request), settings.api_key.get_secret_value()):
+        raise Unauthorized("inference needs 'Authorization: Bearer <api key>'")
+
+
+def redact(message: str, request: Request) -> str:
+    """Without the admin key, no paths or pids: model folders are named relative to the repository."""
+    if is_admin(request):
+        return message
+    root: Path = request.app.state.service.repository.root
+    # only absolute forms: a relative root such as "." must not rewrite every dot of a message
+    for prefix in {str(root.resolve()), *([str(root)] if root.is_absolute() else [])}:
+        message = message.replace(prefix + "/", "").replace(prefix, "<repository>")
+    return _PATH.sub(r"\1", _PID.sub("", message))
+
+
+Admin = Annotated[None, Depends(require_admin)]
+ApiKey = Annotated[None, Depends(require_api_key)]

@@ -1,0 +1,173 @@
+"""``POST /predict`` and ``POST /models/{name}/predict``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Path, Query, Request
+
+from pdserve.api.accounting import Accounted, unless_disconnected
+from pdserve.api.auth import ApiKey
+from pdserve.api.deps import Service
+from pdserve.api.inputs import BodyLimits, check_media_type, read_images
+from pdserve.api.schemas import BatchPredictResponse, ErrorResponse, ImageResult, PredictionOut, PredictResponse
+from pdserve.service import InferenceService, PredictResult
+
+router = APIRouter(tags=["inference"])
+
+ModelQuery = Annotated[str | None, Query(description="Model name; optional when one model or a default is set.")]
+VersionQuery = Annotated[int | None, Query(ge=1, description="Model version; default: the newest loaded.")]
+TopK = Annotated[int, Query(ge=1, le=1000, description="How many classes to return, best first.")]
+TimeoutHeader = Annotated[
+    int | None,
+    Header(
+        alias="X-Request-Timeout-Ms",
+        ge=1,
+        description="Deadline of this request in milliseconds (clamped to PDSERVE_MAX_REQUEST_TIMEOUT_S); "
+        "default: the model's timeout_ms. Past it: 504, and the request's images are never run.",
+    ),
+]
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in {
+        400: "Undecodable image, or malformed multipart, JSON or base64 (bad_request, invalid_image)",
+        401: "A missing or wrong 'Authorization: Bearer' key, when PDSERVE_API_KEY is set (unauthorized)",
+        404: "Unknown model or version (model_not_found)",
+        408: "The body did not arrive within PDSERVE_BODY_TIMEOUT_S (body_timeout)",
+        413: "Body over PDSERVE_MAX_BODY_BYTES (payload_too_large), an image over PDSERVE_MAX_IMAGE_PIXELS "
+        "(image_too_large), or more than PDSERVE_MAX_IMAGES_PER_REQUEST images (too_many_images)",
+        415: "Unsupported media type (unsupported_media_type)",
+        422: "A bad query parameter or header, e.g. top_k=0 (validation_error)",
+        429: "Refused at admission: the model's queue is full, the estimated wait exceeds the deadline, or the "
+        "server has too many requests or body bytes in flight (overloaded); retry after Retry-After seconds",
+        500: "A bug (internal_error)",
+        503: "Retryable: model loading or recovering (model_not_ready), its worker died or hung running this "
+        "batch (worker_died, worker_hung), or the server is shutting down (shutting_down), with Retry-After; "
+        "not retryable: the model failed for good (model_unavailable), without Retry-After",
+        504: "No result within the request's deadline (timeout)",
+    }.items()
+}
+for _code in (429, 503):
+    _ERRORS[_code]["headers"] = {
+        "Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "integer"}}
+    }
+
+# A real 2x2 PNG: examples in the OpenAPI document are sent by tools as they are.
+EXAMPLE_PNG_BASE64 = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR4nGM8ISfHwMDAxMDAwMDAAAANBAEIfXHKZgAAAABJRU5ErkJggg=="
+)
+_IMAGE_B64 = {"type": "string", "format": "byte", "description": "An encoded image (JPEG, PNG, WebP, BMP) in base64"}
+_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "minItems": 1,
+                            "description": "One part per image; repeat the field for several",
+                        }
+                    },
+                    "required": ["file"],
+                    "additionalProperties": False,
+                },
+            },
+            **{
+                kind: {"schema": {"type": "string", "format": "binary"}}
+                for kind in ("image/jpeg", "image/png", "image/webp", "image/bmp", "application/octet-stream")
+            },
+            "application/json": {
+                "schema": {
+                    "oneOf": [
+                        {"type": "object", "properties": {"image": _IMAGE_B64}, "required": ["image"]},
+                        {
+                            "type": "object",
+                            "properties": {"images": {"type": "array", "items": _IMAGE_B64, "minItems": 1}},
+                            "required": ["images"],
+                        },
+                    ]
+                },
+                "example": {"image": EXAMPLE_PNG_BASE64},
+            },
+        },
+    }
+}
+
+
+def _response(result: PredictResult, many: bool) -> PredictResponse | BatchPredictResponse:
+    lists = [
+        [PredictionOut(class_id=p.class_id, label=p.label, score=p.score) for p in ps] for ps in result.predictions
+    ]
+    if many:
+        return BatchPredictResponse(
+            model=result.model, version=result.version, results=[ImageResult(predictions=ps) for ps in lists]
+        )
+    return PredictResponse(model=result.model, version=result.version, predictions=lists[0])
+
+
+async def _predict(
+    request: Request,
+    service: InferenceService,
+    model: str | None,
+    version: int | None,
+    top_k: int,
+    timeout_ms: int | None,
+) -> PredictResponse | BatchPredictResponse:
+    settings = service.settings
+    with Accounted(service) as accounted:
+        service.lifecycle.check_accepting()
+        target = service.resolve(model, version)
+        deadline = service.deadline(target, timeout_ms)
+        accounted.enter(target)
+        check_media_type(request)
+        service.check_room(target)  # a full model refuses before the body is read
+        limits = BodyLimits(settings.max_body_bytes, settings.body_timeout_s, settings.max_images_per_request)
+        images, many = await read_images(request, limits, service.limits)
+        result = await unless_disconnected(request, service.predict(target, images, top_k, deadline))
+        return _response(result, many)
+
+
+@router.post(
+    "/predict",
+    response_model=PredictResponse | BatchPredictResponse,
+    responses=_ERRORS,
+    openapi_extra=_BODY,
+    summary="Classify one or several images",
+)
+async def predict(
+    request: Request,
+    service: Service,
+    _: ApiKey,
+    model: ModelQuery = None,
+    version: VersionQuery = None,
+    top_k: TopK = 5,
+    timeout_ms: TimeoutHeader = None,
+) -> PredictResponse | BatchPredictResponse:
+    """Post an image as multipart ``file`` (repeat it for several), as the raw body, or as
+    ``{"image": "<base64>"}``; get the ``top_k`` classes, best first."""
+    return await _predict(request, service, model, version, top_k, timeout_ms)
+
+
+@router.post(
+    "/models/{name}/predict",
+    response_model=PredictResponse | BatchPredictResponse,
+    responses=_ERRORS,
+    openapi_extra=_BODY,
+    summary="Classify with a named model",
+)
+async def predict_model(
+    request: Request,
+    service: Service,
+    _: ApiKey,
+    name: Annotated[str, Path(description="Model name")],
+    version: VersionQuery = None,
+    top_k: TopK = 5,
+    timeout_ms: TimeoutHeader = None,
+) -> PredictResponse | BatchPredictResponse:
+    """Same as ``POST /predict?model=<name>``."""
+    return await _predict(request, service, name, version, top_k, timeout_ms)

