@@ -1,8 +1,9 @@
 """The model repository: which models and versions exist, their state, and loading them.
 
 Layout: ``<repo>/<model>/config.yaml``, an optional labels file, and numbered version folders
-``<repo>/<model>/<N>/model.pdmodel + model.pdiparams``. A folder that fails to load fails that
-model only: it is listed with state FAILED and the reason, and the others serve.
+``<repo>/<model>/<N>/model.pdmodel + model.pdiparams`` (or ``inference.*``, as Paddle's tools
+publish them). A folder that fails to load fails that model only: it is listed with state FAILED
+and the reason, and the others serve.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pdserve.errors import (
 from pdserve.metrics import Metrics
 from pdserve.model_config import ModelConfig, load_model_config, version_folders
 from pdserve.runtime.pool import PoolObserver, WorkerPool
-from pdserve.runtime.predictor_config import PIR_ADVICE
+from pdserve.runtime.predictor_config import find_model_files, missing_model_files
 from pdserve.runtime.process import WorkerOptions
 from pdserve.settings import Settings
 from pdserve.stats import VersionStats
@@ -296,12 +297,9 @@ def _version_dirs(model_dir: Path, config: ModelConfig) -> dict[int, Path]:
     if not found:
         raise ModelConfigError(f"{model_dir}: no version folder (expected {model_dir}/1/model.pdmodel)")
     for _version, path in found.items():
-        missing = [f for f in ("model.pdmodel", "model.pdiparams") if not (path / f).is_file()]
+        missing = missing_model_files(path)
         if missing:
-            pir = (
-                " (model.json is a Paddle 3 PIR program: " + PIR_ADVICE + ")" if (path / "model.json").is_file() else ""
-            )
-            raise ModelConfigError(f"{path}: missing {', '.join(missing)}{pir}")
+            raise ModelConfigError(missing)
     if config.versions == "latest":
         return {max(found): found[max(found)]}
     if config.versions == "all":
@@ -357,7 +355,7 @@ def scan_model(model_dir: Path, overrides: Overrides, quiet: bool = False) -> Mo
 
 
 def _fingerprint(version_dir: Path, model_dir: Path, config: ModelConfig) -> tuple[object, ...]:
-    files = [version_dir / "model.pdmodel", version_dir / "model.pdiparams"]
+    files = list(find_model_files(version_dir) or ())
     if config.labels is not None:
         files.append(model_dir / config.labels)
     stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.exists()]

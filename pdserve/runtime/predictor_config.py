@@ -53,17 +53,39 @@ PIR_ADVICE = (
 )
 
 
+# The legacy program under the names Paddle's own tools publish it: paddle.jit.save's default prefix
+# (and PaddleDetection's), and PaddleOCR / PaddleClas / PaddleSeg's inference.* exports.
+PREFIXES = ("model", "inference")
+
+
+def find_model_files(version_dir: Path) -> tuple[Path, Path] | None:
+    """``<prefix>.pdmodel`` and ``<prefix>.pdiparams`` of the first prefix that has both, or None."""
+    for prefix in PREFIXES:
+        model_file, params_file = version_dir / f"{prefix}.pdmodel", version_dir / f"{prefix}.pdiparams"
+        if model_file.is_file() and params_file.is_file():
+            return model_file, params_file
+    return None
+
+
+def missing_model_files(version_dir: Path) -> str | None:
+    """Why ``version_dir`` holds no servable program, or None when it does (the file is not read)."""
+    if find_model_files(version_dir) is not None:
+        return None
+    pir = next((version_dir / f"{p}.json" for p in PREFIXES if (version_dir / f"{p}.json").is_file()), None)
+    if pir is not None:
+        return f"{pir}: a Paddle 3 PIR program; pdserve serves the legacy .pdmodel program. {PIR_ADVICE}"
+    return f"{version_dir}: needs model.pdmodel and model.pdiparams (or inference.pdmodel and inference.pdiparams)"
+
+
 def model_files(version_dir: Path) -> tuple[Path, Path]:
     """The program and weights of a version folder, or ``ModelLoadError`` saying what to do.
 
-    Only the legacy ProgramDesc (``model.pdmodel``) is served. A Paddle 3 PIR program is JSON; given
-    under either name, Paddle's own error is a protobuf ``DecodeError`` that names neither."""
-    model_file, params_file = version_dir / "model.pdmodel", version_dir / "model.pdiparams"
-    pir = version_dir / "model.json"
-    if not model_file.is_file() and pir.is_file():
-        raise ModelLoadError(f"{pir}: a Paddle 3 PIR program; pdserve serves model.pdmodel. {PIR_ADVICE}")
-    if not model_file.is_file() or not params_file.is_file():
-        raise ModelLoadError(f"{version_dir}: needs model.pdmodel and model.pdiparams")
+    Only the legacy ProgramDesc (``.pdmodel``) is served. A Paddle 3 PIR program is JSON; given under
+    either name, Paddle's own error is a protobuf ``DecodeError`` that names neither."""
+    found = find_model_files(version_dir)
+    if found is None:
+        raise ModelLoadError(missing_model_files(version_dir) or f"{version_dir}: no program")
+    model_file, params_file = found
     with model_file.open("rb") as f:
         head = f.read(64).lstrip()
     if head.startswith(b"{"):  # a ProgramDesc is protobuf: its first byte is a field tag, never '{'
@@ -245,7 +267,7 @@ def engine_cache_dir(
     mode = int8_mode(config, quantized)
     precision = config.precision + (f"-{mode}" if mode else "")
     shapes = hashlib.sha256(json.dumps(profile, sort_keys=True).encode()).hexdigest()[:8]
-    weights = weights_digest(version_dir / "model.pdiparams")
+    weights = weights_digest(model_files(version_dir)[1])
     return root / (model or "model") / version_dir.name / f"{precision}-{profile['mode']}-{shapes}-w{weights}"
 
 

@@ -30,7 +30,7 @@ import numpy as np
 from pdserve.errors import PdserveError
 from pdserve.model_config import ModelConfig
 from pdserve.preprocess import Normalizer
-from pdserve.runtime.predictor_config import LoadedPredictor
+from pdserve.runtime.predictor_config import LoadedPredictor, find_model_files
 from pdserve.runtime.transport import CROP, array_on, attach, crop_shape
 from pdserve.runtime.validation import ValidationResult, ValidationSet, compare, cpu_isa
 
@@ -124,8 +124,8 @@ def fallback_dir(spec: WorkerSpec) -> Path:
     if not named:
         raise PdserveError(f"model {spec.model!r}: quantization.on_failure is fallback, but no fallback model is named")
     path = spec.version_dir.parent.parent / named
-    if not (path / "model.pdmodel").is_file():
-        raise PdserveError(f"model {spec.model!r}: fallback {named!r} has no model.pdmodel at {path}")
+    if find_model_files(path) is None:
+        raise PdserveError(f"model {spec.model!r}: fallback {named!r} has no .pdmodel program at {path}")
     return path
 
 

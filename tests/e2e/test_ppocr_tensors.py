@@ -41,10 +41,8 @@ def server(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
         REC: ("ppocr_v4_rec", {"kind": "tensor", "instances": 1, "max_batch_size": 8, "max_queue_delay_ms": 2}),
     }
     for name, (published, config) in configs.items():
-        version = repo / name / "1"
-        version.mkdir(parents=True)
-        for suffix in ("pdmodel", "pdiparams"):  # published as inference.*; served as model.* until issue 20
-            (version / f"model.{suffix}").symlink_to(models[published] / f"inference.{suffix}")
+        (repo / name).mkdir()
+        (repo / name / "1").symlink_to(models[published], target_is_directory=True)  # as published: inference.*
         (repo / name / "config.yaml").write_text(yaml.safe_dump(config))
     with Served(repo, env={"PDSERVE_LOG_LEVEL": "info"}) as served:
         yield served

@@ -13,6 +13,7 @@ from pdserve.runtime.predictor_config import (
     Precision,
     engine_cache_dir,
     int8_mode,
+    model_files,
     plan_predictor,
     plan_shape_collection,
     read_shape_ranges,
@@ -234,11 +235,20 @@ def test_missing_model_files(tmp_path: Path) -> None:
         plan_predictor(ModelConfig(), tmp_path, cuda_available=False)
 
 
-@pytest.mark.parametrize("name", ["model.json", "model.pdmodel"])
+def test_programs_are_found_under_the_names_paddles_tools_publish(tmp_path: Path) -> None:
+    (tmp_path / "inference.pdmodel").write_bytes(b"\x0a\x00")  # PaddleOCR / PaddleClas exports
+    (tmp_path / "inference.pdiparams").write_bytes(b"")
+    assert model_files(tmp_path) == (tmp_path / "inference.pdmodel", tmp_path / "inference.pdiparams")
+    (tmp_path / "model.pdmodel").write_bytes(b"\x0a\x00")  # paddle.jit.save's default comes first
+    (tmp_path / "model.pdiparams").write_bytes(b"")
+    assert model_files(tmp_path)[0] == tmp_path / "model.pdmodel"
+
+
+@pytest.mark.parametrize("name", ["model.json", "model.pdmodel", "inference.json"])
 def test_a_pir_program_is_refused_with_what_to_do(tmp_path: Path, name: str) -> None:
     """Paddle 3's default export, as it comes or renamed: Paddle's own error is a protobuf DecodeError."""
     (tmp_path / name).write_text('{"base_code": {"magic": "pir", "version": 1}}')
-    (tmp_path / "model.pdiparams").write_bytes(b"")
+    (tmp_path / name.replace(".json", ".pdiparams").replace(".pdmodel", ".pdiparams")).write_bytes(b"")
     with pytest.raises(ModelLoadError, match=r"PIR program.*FLAGS_enable_pir_api=0"):
         plan_predictor(ModelConfig(), tmp_path, cuda_available=False)
 
