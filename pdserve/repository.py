@@ -33,6 +33,7 @@ from pdserve.model_config import ModelConfig, load_model_config, version_folders
 from pdserve.runtime.pool import PoolObserver, WorkerPool
 from pdserve.runtime.predictor_config import find_model_files, missing_model_files
 from pdserve.runtime.process import WorkerOptions
+from pdserve.runtime.tensor_model import Signature
 from pdserve.settings import Settings
 from pdserve.stats import VersionStats
 
@@ -153,6 +154,24 @@ class ModelVersion:
         if healthy < len(self.pool.instances) or self.fallback is not None:
             return ModelState.DEGRADED
         return ModelState.READY
+
+    @property
+    def signature(self) -> Signature | None:
+        """A tensor model's inputs and outputs, once its workers have started."""
+        return self.pool.signature if self.pool is not None else None
+
+    @property
+    def output_shape(self) -> tuple[int, ...] | None:
+        """An image model's output shape per image, once its workers have started."""
+        return self.pool.output_shape if self.pool is not None else None
+
+    @property
+    def compute_timeout_s(self) -> float | None:
+        return self.pool.compute_timeout_s if self.pool is not None else None
+
+    def instances(self) -> list[dict[str, Any]]:
+        """Each worker instance: index, pid, state, restarts, health, error, validation."""
+        return self.pool.describe() if self.pool is not None else []
 
     @property
     def validation(self) -> list[dict[str, Any]]:

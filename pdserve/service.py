@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,9 +18,13 @@ from pdserve.errors import BadRequest, ImageTooLarge, InvalidImage, RequestTimeo
 from pdserve.lifecycle import Lifecycle
 from pdserve.metrics import Metrics
 from pdserve.preprocess import load_and_crop
-from pdserve.repository import ModelRepository, ModelVersion
+from pdserve.repository import ModelEntry, ModelRepository, ModelState, ModelVersion
 from pdserve.request_log import current as current_request
+from pdserve.runtime.tensor_model import Signature, TensorSpec
 from pdserve.settings import Settings
+
+# The neutral types the HTTP layer may use; it imports them from here, never from the layers below.
+__all__ = ["InferenceService", "ModelEntry", "ModelState", "ModelVersion", "PredictResult", "Signature", "TensorSpec"]
 
 Batcher = DynamicBatcher[Any, Any]
 
@@ -64,6 +69,30 @@ class InferenceService:
 
     def resolve(self, model: str | None, version: int | None) -> ModelVersion:
         return self.repository.get(model, version)
+
+    # ---- the repository, as the protocols see it -----------------------------------------------
+    def models(self) -> list[ModelEntry]:
+        """Every model folder of the repository, loaded or not, by name."""
+        return list(self.repository.models.values())
+
+    def find_model(self, name: str) -> ModelEntry | None:
+        return self.repository.models.get(name)
+
+    def model_names(self) -> list[str]:
+        return sorted(self.repository.models)
+
+    @property
+    def repository_root(self) -> Path:
+        return self.repository.root
+
+    def index(self) -> list[dict[str, str]]:
+        return self.repository.index()
+
+    async def load_model(self, name: str) -> None:
+        await self.repository.load_model(name)
+
+    async def unload_model(self, name: str) -> None:
+        await self.repository.unload_model(name)
 
     async def _decode(self, target: ModelVersion, images: list[bytes]) -> list[np.ndarray]:
         loop = asyncio.get_running_loop()

@@ -13,9 +13,8 @@ from starlette.requests import Request
 
 from pdserve.api.inputs import wait_for_disconnect
 from pdserve.errors import ClientDisconnected, Overloaded, PdserveError
-from pdserve.repository import ModelVersion
 from pdserve.request_log import current as current_request
-from pdserve.service import InferenceService
+from pdserve.service import InferenceService, ModelVersion
 
 T = TypeVar("T")
 PROCESS_REASONS = ("requests_in_flight", "body_bytes_in_flight")

@@ -63,7 +63,7 @@ def redact(message: str, request: Request) -> str:
     """Without the admin key, no paths or pids: model folders are named relative to the repository."""
     if is_admin(request):
         return message
-    root: Path = request.app.state.service.repository.root
+    root: Path = request.app.state.service.repository_root
     # only absolute forms: a relative root such as "." must not rewrite every dot of a message
     for prefix in {str(root.resolve()), *([str(root)] if root.is_absolute() else [])}:
         message = message.replace(prefix + "/", "").replace(prefix, "<repository>")

@@ -9,8 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pdserve.api.auth import redact
 from pdserve.api.deps import MetricsDep, Service
 from pdserve.api.schemas import Health, Readiness
-from pdserve.repository import ModelState
-from pdserve.service import InferenceService
+from pdserve.service import InferenceService, ModelState
 
 router = APIRouter(tags=["health"])
 
@@ -28,7 +27,7 @@ def readiness(service: InferenceService) -> Readiness:
     models: dict[str, str] = {}
     reasons: list[str] = []
     degraded: list[str] = []
-    entries = service.repository.models
+    entries = {e.name: e for e in service.models()}
     for name, entry in entries.items():
         state = entry.state
         models[name] = state.value

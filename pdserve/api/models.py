@@ -16,7 +16,7 @@ from pdserve.api.schemas import (
     VersionInfo,
 )
 from pdserve.errors import ModelNotFound
-from pdserve.repository import ModelEntry
+from pdserve.service import ModelEntry
 
 router = APIRouter(tags=["models"])
 
@@ -27,8 +27,8 @@ def model_info(entry: ModelEntry) -> ModelInfo:
             version=v.version,
             state=v.current_state.value,
             error=v.current_error,
-            instances=[InstanceInfo(**i) for i in (v.pool.describe() if v.pool else [])],
-            compute_timeout_ms=v.pool.compute_timeout_s * 1000 if v.pool and v.pool.compute_timeout_s else None,
+            instances=[InstanceInfo(**i) for i in v.instances()],
+            compute_timeout_ms=v.compute_timeout_s * 1000 if v.compute_timeout_s else None,
         )
         for v in sorted(entry.versions.values(), key=lambda v: v.version)
     ]
@@ -61,7 +61,7 @@ def model_info(entry: ModelEntry) -> ModelInfo:
 
 @router.get("/models", response_model=ModelList, summary="Every model in the repository and its state")
 async def list_models(service: Service) -> ModelList:
-    return ModelList(models=[model_info(e) for e in service.repository.models.values()])
+    return ModelList(models=[model_info(e) for e in service.models()])
 
 
 @router.get(
@@ -71,9 +71,9 @@ async def list_models(service: Service) -> ModelList:
     summary="One model: versions, state, worker processes, batching settings",
 )
 async def get_model(name: str, service: Service) -> ModelInfo:
-    entry = service.repository.models.get(name)
+    entry = service.find_model(name)
     if entry is None:
-        raise ModelNotFound(f"no model {name!r}; available: {sorted(service.repository.models)}")
+        raise ModelNotFound(f"no model {name!r}; available: {service.model_names()}")
     return model_info(entry)
 
 
@@ -87,8 +87,8 @@ async def get_model(name: str, service: Service) -> ModelInfo:
     summary="200 when at least one instance of the model serves",
 )
 async def model_ready(name: str, service: Service) -> JSONResponse:
-    entry = service.repository.models.get(name)
+    entry = service.find_model(name)
     if entry is None:
-        raise ModelNotFound(f"no model {name!r}; available: {sorted(service.repository.models)}")
+        raise ModelNotFound(f"no model {name!r}; available: {service.model_names()}")
     body = ModelReadiness(name=name, ready=entry.serving, state=entry.state.value, reason=entry.reason)
     return JSONResponse(body.model_dump(), status_code=200 if entry.serving else 503)

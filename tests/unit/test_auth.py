@@ -12,7 +12,7 @@ from pdserve.api.auth import redact
 def test_redaction_keeps_relative_roots_and_api_routes_intact() -> None:
     def request(root: str) -> Any:
         settings = SimpleNamespace(admin_key=None, admin_key_file=None)
-        service = SimpleNamespace(settings=settings, repository=SimpleNamespace(root=Path(root)))
+        service = SimpleNamespace(settings=settings, repository_root=Path(root))
         return SimpleNamespace(app=SimpleNamespace(state=SimpleNamespace(service=service)), headers={})
 
     message = "model 'm' v1.2: use POST /v2/models/m/infer; worker pid 42 died"

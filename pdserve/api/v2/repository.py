@@ -34,13 +34,13 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 @router.post("/index", summary="Every model folder, loaded or not, with versions and states", responses=_ERRORS)
 async def index(service: Service, _: Admin) -> list[dict[str, str]]:
-    return service.repository.index()
+    return service.index()
 
 
 @router.post("/models/{name}/load", summary="Load or reload a model without downtime", responses=_ERRORS)
 async def load(name: ModelName, service: Service, _: Admin) -> JSONResponse:
     try:
-        await service.repository.load_model(name)
+        await service.load_model(name)
     except ModelLoadError as exc:
         raise BadRequest(f"failed to load {name!r}: {exc.message}") from None
     return JSONResponse({})
@@ -48,5 +48,5 @@ async def load(name: ModelName, service: Service, _: Admin) -> JSONResponse:
 
 @router.post("/models/{name}/unload", summary="Answer what the model holds, then unload it", responses=_ERRORS)
 async def unload(name: ModelName, service: Service, _: Admin) -> JSONResponse:
-    await service.repository.unload_model(name)
+    await service.unload_model(name)
     return JSONResponse({})

@@ -37,9 +37,7 @@ from pdserve.api.v2.tensors import (
     parse_request,
 )
 from pdserve.errors import BadRequest, ModelNotFound, PayloadTooLarge
-from pdserve.repository import ModelEntry, ModelVersion
-from pdserve.runtime.tensor_model import Signature, TensorSpec
-from pdserve.service import InferenceService, top_k
+from pdserve.service import InferenceService, ModelEntry, ModelVersion, Signature, TensorSpec, top_k
 
 router = APIRouter(prefix="/v2", tags=["v2 (KServe / Open Inference Protocol)"])
 IMAGE_INPUT = "image"
@@ -136,7 +134,7 @@ def _version(value: str | None) -> int | None:
 
 
 def _entry(service: InferenceService, name: str) -> ModelEntry:
-    entry = service.repository.models.get(name)
+    entry = service.find_model(name)
     if entry is None:
         raise ModelNotFound(f"unknown model {name!r}")
     return entry
@@ -173,7 +171,7 @@ def _v2_type(dtype: str) -> str:
 
 
 def _signature(target: ModelVersion | None) -> Signature | None:
-    return target.pool.signature if target is not None and target.pool is not None else None
+    return target.signature if target is not None else None
 
 
 def _tensor_io(target: ModelVersion | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -201,7 +199,8 @@ def _metadata(service: InferenceService, name: str, version: str | None) -> dict
         inputs, outputs = _tensor_io(target)
         versions = [str(x) for x in sorted(entry.versions)]
         return {"name": name, "versions": versions, "platform": PLATFORM, "inputs": inputs, "outputs": outputs}
-    classes = list(target.pool.output_shape) if target is not None and target.pool is not None else [-1]
+    shape = target.output_shape if target is not None else None
+    classes = list(shape) if shape is not None else [-1]
     return {
         "name": name,
         "versions": [str(x) for x in sorted(entry.versions)],
@@ -271,7 +270,8 @@ def _config(service: InferenceService, name: str) -> dict[str, Any]:
     if c is None:
         raise ModelNotFound(f"model {name!r} could not be read: {entry.error}")
     latest = entry.latest
-    classes = list(latest.pool.output_shape) if latest is not None and latest.pool is not None else [-1]
+    shape = latest.output_shape if latest is not None else None
+    classes = list(shape) if shape is not None else [-1]
     if c.kind == "tensor":
         ins, outs = _tensor_io(latest)
         config_inputs = [{"name": t["name"], "data_type": "TYPE_" + t["datatype"], "dims": t["shape"]} for t in ins]
@@ -326,7 +326,7 @@ async def model_version_config(name: ModelName, version: VersionPath, service: S
 
 def _stats(service: InferenceService, name: str | None, version: str | None) -> dict[str, Any]:
     v = _version(version)
-    entries = [_entry(service, name)] if name else list(service.repository.models.values())
+    entries = [_entry(service, name)] if name else service.models()
     stats = []
     for entry in entries:
         for number, mv in sorted(entry.versions.items()):
