@@ -16,22 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pdserve.pipeline.dataset import Sample, load_images
+from pdserve.pipeline.dataset import load_images, read_label_list
 from pdserve.pipeline.evaluate import LocalModel
 from pdserve.pipeline.isa import ISA_ORDER, distinct_isas, native_isa, predict_under
 from pdserve.runtime.validation import ValidationSet, compare, cpu_isa
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT.parent / "shared" / "data" / "imagenet-sample"
-
-
-def read_split(name: str, root: Path) -> list[Sample]:
-    rows = []
-    for line in (ROOT / "data" / f"imagenet-sample-{name}.txt").read_text().splitlines():
-        if line.strip():
-            rel, label = line.split()
-            rows.append(Sample(root / rel, int(label)))
-    return rows
 
 
 def main() -> None:
@@ -45,7 +36,7 @@ def main() -> None:
     args = parser.parse_args()
     native, extra = distinct_isas(args.isa)
     isas = [native, *extra]
-    samples = read_split("report", args.data_root)
+    samples = read_label_list(ROOT / "data" / "imagenet-sample-report.txt", args.data_root)
     labels = np.array([s.label for s in samples])
     fp32 = LocalModel.open(args.fp32)
     images = load_images(samples, fp32.config.preprocessing, "report split")

@@ -67,7 +67,7 @@ def predict_under(isa: str, model_dir: Path, images: Path, threads: int) -> np.n
 
 
 def main(argv: list[str] | None = None) -> None:
-    from pdserve.pipeline.evaluate import LocalModel
+    from pdserve.pipeline.evaluate import LocalModel, predict_timed
     from pdserve.pipeline.search import EVAL_BATCH, onednn_report_hidden
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -79,9 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     model = LocalModel.open(args.model_dir, cpu_threads=args.threads)
     images = np.load(args.images)
     with onednn_report_hidden():
-        predictor = model.predictor()
-        outputs = [predictor.run(images[i : i + EVAL_BATCH]) for i in range(0, len(images), EVAL_BATCH)]
-    np.save(args.out, np.concatenate(outputs))
+        outputs, _ = predict_timed(model, images, EVAL_BATCH)
+    np.save(args.out, outputs)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import numpy as np
 
 from pdserve.model_config import CONFIG_FILE, load_model_config
 from pdserve.pipeline.dataset import MAX_PIXELS, PipelineError, Sample
-from pdserve.pipeline.evaluate import LocalModel
+from pdserve.pipeline.evaluate import LocalModel, predict_timed
 from pdserve.pipeline.export import next_version, require_legacy_format, write_config
 from pdserve.pipeline.ptq import ALGOS, Recipe
 
@@ -73,11 +73,8 @@ def write_validation_set(source: LocalModel, version_dir: Path, samples: list[Sa
     chosen = samples[:VALIDATION_IMAGES]
     jpegs = ValidationSet.encode(np.stack([crop(decode_image(s.path.read_bytes(), MAX_PIXELS), spec) for s in chosen]))
     crops = ValidationSet.decode(jpegs)
-    predictor = source.predictor()
-    reference = np.concatenate(
-        [predictor.run(Normalizer(spec)(crops[i : i + 8])) for i in range(0, len(crops), 8)]
-    ).astype(np.float32)
-    path = ValidationSet(jpegs, reference).save(version_dir)
+    reference, _ = predict_timed(source, Normalizer(spec)(crops), 8)
+    path = ValidationSet(jpegs, reference.astype(np.float32)).save(version_dir)
     return {"file": path.name, "images": len(chosen), "bytes": path.stat().st_size}
 
 

@@ -338,7 +338,7 @@ class Search:
             assert scores.agreement is not None  # paired with FP32, so all three are set
             assert scores.gained is not None
             assert scores.lost is not None
-            drop = (score(reference, self.labels).top1 - scores.top1) * 100
+            drop = (self.result.fp32_per_isa[isa] - scores.top1) * 100
             divergence = _divergence(reference, out)
             per_isa[isa] = {
                 "top1": scores.top1,

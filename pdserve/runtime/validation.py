@@ -22,6 +22,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from pdserve.preprocess import decode_image
+
 VALIDATION_FILE = "validation.npz"
 JPEG_QUALITY = 80  # about 10 KB a 224x224 crop; the FP32 reference is computed from the decoded bytes
 
@@ -39,7 +41,7 @@ class ValidationSet:
 
     @staticmethod
     def decode(jpegs: tuple[bytes, ...]) -> np.ndarray:
-        return np.stack([_decode(j) for j in jpegs])
+        return np.stack([decode_image(j, max_pixels=1 << 24) for j in jpegs])  # the server's own decoder
 
     @property
     def crops(self) -> np.ndarray:
@@ -79,13 +81,6 @@ def _encode(rgb: np.ndarray) -> bytes:
     if not ok:
         raise ValueError("cannot encode a validation crop")
     return bytes(buf)
-
-
-def _decode(data: bytes) -> np.ndarray:
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError("a validation crop is not a JPEG")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 @dataclass(frozen=True)
