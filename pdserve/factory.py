@@ -12,8 +12,9 @@ from fastapi import FastAPI
 from pdserve.api import health, models, predict
 from pdserve.api.errors import register_error_handlers
 from pdserve.api.openapi import install_openapi
+from pdserve.api.v2 import inference as v2_inference
+from pdserve.api.v2 import metadata as v2_metadata
 from pdserve.api.v2 import repository as v2_repository
-from pdserve.api.v2 import routes as v2
 from pdserve.gpu_metrics import GpuMonitor
 from pdserve.metrics import Metrics
 from pdserve.repository import ModelRepository, Overrides
@@ -65,6 +66,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.service = service
     register_error_handlers(app)
     install_openapi(app)
-    for module in (predict, models, health, v2_repository, v2):
+    for module in (predict, models, health, v2_repository, v2_metadata, v2_inference):
         app.include_router(module.router)
     return app

@@ -1,12 +1,12 @@
-"""The protocol-neutral data plane: from image bytes to ranked classes, knowing nothing of HTTP."""
+"""The protocol-neutral data plane: from a request's images or tensors to its outputs, knowing
+nothing of HTTP. The HTTP layer reaches the repository and the runtime only through here; what a
+model takes and answers is its kind's (``pdserve/kinds``)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -14,46 +14,29 @@ import numpy as np
 
 from pdserve.admission import ProcessLimits, seconds_until
 from pdserve.batching import DynamicBatcher
-from pdserve.errors import BadRequest, ImageTooLarge, InvalidImage, RequestTimeout, TooManyImages
+from pdserve.errors import RequestTimeout
+from pdserve.kinds.base import BYTES, DecodeContext, NamedTensor, WantedOutput, Work
 from pdserve.lifecycle import Lifecycle
 from pdserve.metrics import Metrics
-from pdserve.preprocess import load_and_crop
 from pdserve.repository import ModelEntry, ModelRepository, ModelState, ModelVersion
 from pdserve.request_log import current as current_request
-from pdserve.runtime.tensor_model import Signature, TensorSpec
+from pdserve.runtime.signature import Signature, TensorSpec
 from pdserve.settings import Settings
 
 # The neutral types the HTTP layer may use; it imports them from here, never from the layers below.
-__all__ = ["InferenceService", "ModelEntry", "ModelState", "ModelVersion", "PredictResult", "Signature", "TensorSpec"]
+__all__ = [
+    "BYTES",
+    "InferenceService",
+    "ModelEntry",
+    "ModelState",
+    "ModelVersion",
+    "NamedTensor",
+    "Signature",
+    "TensorSpec",
+    "WantedOutput",
+]
 
 Batcher = DynamicBatcher[Any, Any]
-
-
-@dataclass(frozen=True)
-class Prediction:
-    class_id: int
-    label: str
-    score: float
-
-
-@dataclass(frozen=True)
-class PredictResult:
-    model: str
-    version: int
-    predictions: list[list[Prediction]]  # one ranked list per input image, in input order
-
-
-def top_k(probs: np.ndarray, k: int, labels: list[str] | None) -> list[Prediction]:
-    k = min(k, probs.shape[-1])
-    idx = np.argpartition(-probs, k - 1)[:k]
-    idx = idx[np.argsort(-probs[idx], kind="stable")]
-    return [Prediction(int(i), labels[i] if labels and i < len(labels) else str(int(i)), float(probs[i])) for i in idx]
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max())
-    out: np.ndarray = e / e.sum()
-    return out
 
 
 class InferenceService:
@@ -85,8 +68,18 @@ class InferenceService:
     def repository_root(self) -> Path:
         return self.repository.root
 
-    def index(self) -> list[dict[str, str]]:
-        return self.repository.index()
+    def catalog(self) -> list[tuple[str, ModelEntry | None]]:
+        """Every model folder by name, with its entry if loaded (``ModelRepository.catalog``)."""
+        return self.repository.catalog()
+
+    @staticmethod
+    def inputs(target: ModelVersion) -> list[TensorSpec]:
+        """What the version takes, by name, as its kind declares it."""
+        return target.kind.inputs(target)
+
+    @staticmethod
+    def outputs(target: ModelVersion) -> list[TensorSpec]:
+        return target.kind.outputs(target)
 
     async def load_model(self, name: str) -> None:
         await self.repository.load_model(name)
@@ -94,17 +87,10 @@ class InferenceService:
     async def unload_model(self, name: str) -> None:
         await self.repository.unload_model(name)
 
-    async def _decode(self, target: ModelVersion, images: list[bytes]) -> list[np.ndarray]:
-        loop = asyncio.get_running_loop()
-        fn = partial(load_and_crop, spec=target.config.preprocessing, max_pixels=self.settings.max_image_pixels)
-        tasks = [loop.run_in_executor(self._decoder, fn, data) for data in images]
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-        for index, result in enumerate(results):
-            if isinstance(result, (InvalidImage, ImageTooLarge)) and len(images) > 1:
-                raise type(result)(f"image {index + 1} of {len(images)}: {result.message}")
-            if isinstance(result, BaseException):
-                raise result
-        return [r for r in results if isinstance(r, np.ndarray)]
+    @property
+    def _decoding(self) -> DecodeContext:
+        s = self.settings
+        return DecodeContext(self._decoder, s.max_image_pixels, s.max_images_per_request)
 
     def deadline(self, target: ModelVersion, requested_ms: float | None) -> float:
         """The request's deadline in ``loop.time()``: asked for, else the model's, else the server's."""
@@ -121,98 +107,50 @@ class InferenceService:
         if target.admission is not None:
             target.admission.check_room()
 
-    async def infer_images(self, target: ModelVersion, images: list[bytes], deadline: float) -> list[np.ndarray]:
-        """Each encoded image's output (probabilities), in order.
+    async def predict(
+        self, target: ModelVersion, images: list[bytes], params: dict[str, Any], deadline: float
+    ) -> list[dict[str, Any]]:
+        """REST: one JSON object per encoded image, as the model's kind answers (classes, boxes, ...).
 
         Admission comes first, before any decoding. Each image is decoded and validated before it
         joins a batch, so a bad one fails only its own request. At ``deadline`` (``loop.time()``)
         the request gets 504, whether decoding or queued, and its images leave the queue unexecuted.
         """
-        self._check_kind(target, "image")
-        outputs = await self._infer(target, len(images), lambda: self._decode(target, images), deadline)
-        return self._probabilities(target, outputs)
+        kind = target.kind
+        work = kind.from_images(target, images, self._decoding)
+        outputs = kind.finish(target, await self._infer(target, work, deadline))
+        return kind.to_json(target, outputs, params)
 
-    async def infer_tensors(self, target: ModelVersion, batch: np.ndarray, deadline: float) -> list[np.ndarray]:
-        """Outputs for already-preprocessed inputs: float32 ``[N, *input.shape]``."""
-        self._check_kind(target, "image")
-        expected = tuple(target.config.input.shape)
-        if batch.ndim != len(expected) + 1 or tuple(batch.shape[1:]) != expected:
-            raise BadRequest(f"input shape {list(batch.shape)} does not match [N, {', '.join(map(str, expected))}]")
-        if batch.dtype != np.float32:
-            raise BadRequest(f"input datatype is {batch.dtype}, the model takes float32")
-        if not 1 <= len(batch) <= self.settings.max_images_per_request:
-            raise TooManyImages(f"{len(batch)} inputs; send 1 to {self.settings.max_images_per_request}")
-
-        async def rows() -> list[np.ndarray]:
-            return list(np.ascontiguousarray(batch))
-
-        outputs = await self._infer(target, len(batch), rows, deadline)
-        return self._probabilities(target, outputs)
-
-    async def infer_feeds(
-        self, target: ModelVersion, feeds: dict[str, np.ndarray], deadline: float
-    ) -> dict[str, np.ndarray]:
-        """A tensor model: named inputs in (checked against the model's own signature), every output out."""
-        self._check_kind(target, "tensor")
-        assert target.pool is not None
-        signature = target.pool.signature
-        assert signature is not None
-        wanted = {s.name: s for s in signature.inputs}
-        unknown, missing = sorted(set(feeds) - set(wanted)), sorted(set(wanted) - set(feeds))
-        if unknown or missing:
-            raise BadRequest(
-                f"model {target.name!r} takes inputs {sorted(wanted)}; unknown {unknown}, missing {missing}"
-            )
-        for name, array in feeds.items():
-            spec = wanted[name]
-            if array.dtype != np.dtype(spec.dtype):
-                raise BadRequest(f"input {name!r} is {array.dtype}, the model takes {spec.dtype}")
-            fits = len(array.shape) == len(spec.shape)
-            if not fits or any(d not in (-1, a) for d, a in zip(spec.shape, array.shape, strict=True)):
-                raise BadRequest(f"input {name!r} has shape {list(array.shape)}, the model takes {list(spec.shape)}")
-
-        async def one() -> list[dict[str, np.ndarray]]:
-            return [feeds]
-
-        (outputs,) = await self._infer(target, 1, one, deadline)
-        return dict(outputs)
-
-    @staticmethod
-    def _check_kind(target: ModelVersion, kind: str) -> None:
-        if target.config.kind != kind:
-            if kind == "image":
-                raise BadRequest(f"model {target.name!r} takes tensors: use POST /v2/models/{target.name}/infer")
-            raise BadRequest(f"model {target.name!r} is an image model")
-
-    @staticmethod
-    def _probabilities(target: ModelVersion, outputs: list[np.ndarray]) -> list[np.ndarray]:
-        if not target.config.output.softmax_applied:
-            return [_softmax(o) for o in outputs]
-        return outputs
-
-    async def _infer(
+    async def infer(
         self,
         target: ModelVersion,
-        count: int,
-        prepare: Callable[[], Awaitable[list[Any]]],
+        tensors: Sequence[NamedTensor],
+        wanted: Sequence[WantedOutput],
         deadline: float,
-    ) -> list[Any]:
+    ) -> list[tuple[str, np.ndarray]]:
+        """v2: named tensors in, the named outputs asked for out (an object array of bytes: BYTES)."""
+        kind = target.kind
+        work = kind.from_tensors(target, tensors, self._decoding)
+        outputs = kind.finish(target, await self._infer(target, work, deadline))
+        return kind.to_tensors(target, outputs, wanted)
+
+    async def _infer(self, target: ModelVersion, work: Work, deadline: float) -> list[Any]:
         admission, batcher = target.admission, target.batcher
         assert admission is not None
         assert batcher is not None
         loop = asyncio.get_running_loop()
         started = loop.time()
-        admission.admit(count, seconds_until(deadline, started))
+        admission.admit(work.count, seconds_until(deadline, started))
         record = current_request()
         if record is not None:
-            record.images = count
+            record.images = work.count
         stage, ok = "decoding", False
         try:
             async with asyncio.timeout_at(deadline):
                 try:
-                    inputs = await prepare()
+                    inputs = await work.prepare()
                 finally:
-                    admission.decoded(count)
+                    admission.decoded(work.count)
                 stage = "batching"
                 if record is not None:
                     record.queued()
@@ -224,11 +162,6 @@ class InferenceService:
         finally:
             target.stats.request_done(loop.time() - started, ok)
         return outputs
-
-    async def predict(self, target: ModelVersion, images: list[bytes], k: int, deadline: float) -> PredictResult:
-        """The ``k`` best classes of each image."""
-        outputs = await self.infer_images(target, images, deadline)
-        return PredictResult(target.name, target.version, [top_k(o, k, target.labels) for o in outputs])
 
     @staticmethod
     async def _submit_all(batcher: Batcher, inputs: list[Any], deadline: float) -> list[Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 
 @dataclass
@@ -50,27 +49,3 @@ class VersionStats:
     def batch_computed(self, seconds: float, padded: int) -> None:
         self.compute_infer.add(seconds)
         self.batch_sizes.setdefault(padded, Duration()).add(seconds)
-
-    def as_triton(self, name: str, version: int) -> dict[str, Any]:
-        zero = Duration().as_dict()
-        return {
-            "name": name,
-            "version": str(version),
-            "last_inference": self.last_inference_ms,
-            "inference_count": self.inference_count,
-            "execution_count": self.execution_count,
-            "inference_stats": {
-                "success": self.success.as_dict(),
-                "fail": self.fail.as_dict(),
-                "queue": self.queue.as_dict(),
-                "compute_input": zero,
-                "compute_infer": self.compute_infer.as_dict(),
-                "compute_output": zero,
-                "cache_hit": zero,
-                "cache_miss": zero,
-            },
-            "batch_stats": [
-                {"batch_size": size, "compute_input": zero, "compute_infer": d.as_dict(), "compute_output": zero}
-                for size, d in sorted(self.batch_sizes.items())
-            ],
-        }

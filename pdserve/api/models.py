@@ -25,8 +25,8 @@ def model_info(entry: ModelEntry) -> ModelInfo:
     versions = [
         VersionInfo(
             version=v.version,
-            state=v.current_state.value,
-            error=v.current_error,
+            state=v.state.value,
+            error=v.error,
             instances=[InstanceInfo(**i) for i in v.instances()],
             compute_timeout_ms=v.compute_timeout_s * 1000 if v.compute_timeout_s else None,
         )

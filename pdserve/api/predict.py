@@ -10,8 +10,8 @@ from pdserve.api.accounting import Accounted, unless_disconnected
 from pdserve.api.auth import ApiKey
 from pdserve.api.deps import Service
 from pdserve.api.inputs import BodyLimits, check_media_type, read_images
-from pdserve.api.schemas import BatchPredictResponse, ErrorResponse, ImageResult, PredictionOut, PredictResponse
-from pdserve.service import InferenceService, PredictResult
+from pdserve.api.schemas import BatchPredictResponse, ErrorResponse, ImageResult, PredictResponse
+from pdserve.service import InferenceService, ModelVersion
 
 router = APIRouter(tags=["inference"])
 
@@ -99,15 +99,14 @@ _BODY = {
 }
 
 
-def _response(result: PredictResult, many: bool) -> PredictResponse | BatchPredictResponse:
-    lists = [
-        [PredictionOut(class_id=p.class_id, label=p.label, score=p.score) for p in ps] for ps in result.predictions
-    ]
+def _response(
+    target: ModelVersion, results: list[dict[str, Any]], many: bool
+) -> PredictResponse | BatchPredictResponse:
     if many:
         return BatchPredictResponse(
-            model=result.model, version=result.version, results=[ImageResult(predictions=ps) for ps in lists]
+            model=target.name, version=target.version, results=[ImageResult.model_validate(r) for r in results]
         )
-    return PredictResponse(model=result.model, version=result.version, predictions=lists[0])
+    return PredictResponse.model_validate({"model": target.name, "version": target.version, **results[0]})
 
 
 async def _predict(
@@ -128,8 +127,8 @@ async def _predict(
         service.check_room(target)  # a full model refuses before the body is read
         limits = BodyLimits(settings.max_body_bytes, settings.body_timeout_s, settings.max_images_per_request)
         images, many = await read_images(request, limits, service.limits)
-        result = await unless_disconnected(request, service.predict(target, images, top_k, deadline))
-        return _response(result, many)
+        results = await unless_disconnected(request, service.predict(target, images, {"top_k": top_k}, deadline))
+        return _response(target, results, many)
 
 
 @router.post(

@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 
 from pdserve.gpu_metrics import GpuMonitor
+from pdserve.kinds.image import top_k
 from pdserve.pipeline.dataset import Sample
 from pdserve.pipeline.evaluate import LocalModel
 from pdserve.preprocess import load_and_preprocess
-from pdserve.service import top_k
 
 
 def cpu_name() -> str:

@@ -1,8 +1,8 @@
 """Scheduling batches onto a model version's instances.
 
 The pool hands each batch to an idle instance (``supervisor.Instance``), bounded by the compute
-timeout. Supervision (restarts, backoff, giving up) lives in ``supervisor.py``; the process and its
-shared memory in ``process.py`` and ``transport.py``.
+timeout; how a batch of requests becomes one or more runs is the kind's (``contract.Batching``).
+Supervision (restarts, backoff, giving up) lives in ``supervisor.py``; the process in ``process.py``.
 """
 
 from __future__ import annotations
@@ -10,31 +10,21 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-
-from pdserve.errors import InputRejected, ModelUnavailable, ShuttingDown
+from pdserve.errors import ModelUnavailable, ShuttingDown
 from pdserve.model_config import ModelConfig
+from pdserve.runtime.contract import KindRuntime
 from pdserve.runtime.process import ProcessWorker, WorkerHandle, WorkerOptions
+from pdserve.runtime.signature import Signature
 from pdserve.runtime.supervisor import SERVING, Instance, InstanceState, Launcher, RestartPolicy
-from pdserve.runtime.tensor_model import Signature
 
 # A batch may take this many times the slowest warm-up batch before its worker counts as hung,
 # and never less than the floor: warm-up ran on an idle machine, a loaded one is slower.
 COMPUTE_TIMEOUT_FACTOR = 20.0
 COMPUTE_TIMEOUT_FLOOR_S = 5.0
-TENSOR_COMPUTE_TIMEOUT_S = 60.0  # tensor models have shapes only requests know: no warm-up to measure
-
-
-async def _run_tensors(worker: WorkerHandle, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
-    return await worker.run_tensors(feeds)
-
-
-def _stackable(requests: Sequence[dict[str, np.ndarray]]) -> bool:
-    first = requests[0]
-    return all(r.keys() == first.keys() and all(r[n].shape[1:] == first[n].shape[1:] for n in first) for r in requests)
+UNMEASURED_COMPUTE_TIMEOUT_S = 60.0  # kinds whose shapes only requests know: no warm-up to measure
 
 
 class PoolObserver:
@@ -51,6 +41,7 @@ class WorkerPool:
         version_dir: Path,
         config: ModelConfig,
         options: WorkerOptions,
+        kind: KindRuntime,
         observer: PoolObserver | None = None,
         launch: Launcher | None = None,
         policy: RestartPolicy | None = None,
@@ -59,7 +50,8 @@ class WorkerPool:
         self._config = config
         self._observer = observer or PoolObserver()
         self._batch_sizes = config.padded_batch_sizes
-        launch = launch or (lambda index: ProcessWorker(model, version_dir, config, index, options.nice))
+        self._batching = kind.batching(config)
+        launch = launch or (lambda index: ProcessWorker(model, version_dir, config, index, kind, options.nice))
         self.instances = [
             Instance(
                 model,
@@ -76,9 +68,8 @@ class WorkerPool:
         self._wake = asyncio.Event()
         self._stopping = False
         self.compute_timeout_s = (config.compute_timeout_ms or 0) / 1000 or None
-        self.output_shape: tuple[int, ...] = ()  # one image's output, known once started
-        self.signature: Signature | None = None  # a tensor model's inputs and outputs, once started
-        self._batchable = True
+        self.output_shape: tuple[int, ...] = ()  # one item's output (fixed-shape kinds), known once started
+        self.signature: Signature | None = None  # named inputs and outputs (tensor kinds), once started
 
     # ---- state -----------------------------------------------------------------------------
     @property
@@ -115,12 +106,11 @@ class WorkerPool:
         first = self.instances[0].worker
         self.output_shape = first.output_shape if first is not None else ()
         self.signature = first.signature if first is not None else None
-        self._batchable = self.signature.batchable if self.signature is not None else True
         if self.compute_timeout_s is None:
-            if self.signature is not None:  # a tensor model is not warmed up: nothing to derive from
-                self.compute_timeout_s = TENSOR_COMPUTE_TIMEOUT_S
+            slowest = max(i.slowest_warmup_s for i in self.instances)
+            if slowest == 0:  # no warm-up ran: nothing to derive a limit from
+                self.compute_timeout_s = UNMEASURED_COMPUTE_TIMEOUT_S
             else:
-                slowest = max(i.slowest_warmup_s for i in self.instances)
                 self.compute_timeout_s = max(COMPUTE_TIMEOUT_FLOOR_S, COMPUTE_TIMEOUT_FACTOR * slowest)
 
     async def stop(self) -> None:
@@ -130,7 +120,8 @@ class WorkerPool:
         await asyncio.gather(*(inst.stop() for inst in self.instances), return_exceptions=True)
 
     # ---- inference ---------------------------------------------------------------------------
-    async def _acquire(self) -> Instance:
+    async def acquire(self) -> Instance:
+        """An idle instance, waiting for one if all are busy or restarting."""
         while True:
             if self._stopping:
                 raise ShuttingDown(f"model {self.model!r} is stopping")
@@ -148,46 +139,18 @@ class WorkerPool:
     def padded(self, n: int) -> int:
         return next(size for size in self._batch_sizes if size >= n)
 
-    async def infer(self, batch: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Run one batch (at most max_batch_size CHW float32 images) on an idle instance."""
-        inst = await self._acquire()
-        size = self.padded(len(batch))
+    async def run_on(self, inst: Instance, payload: Any, size: int, padded: int) -> Any:
+        """Run one payload on ``inst`` (from ``acquire``; READY again after), under the compute
+        timeout; ``size`` items padded to ``padded`` rows, for the metrics."""
         assert self.compute_timeout_s is not None, "start() first"
-        outputs, compute = await inst.run(lambda worker: worker.run(batch, size), self.compute_timeout_s)
-        self._observer.computed(compute, len(batch), size)
+
+        async def call(worker: WorkerHandle) -> tuple[Any, float]:
+            return await worker.run(payload)
+
+        outputs, compute = await inst.run(call, self.compute_timeout_s)
+        self._observer.computed(compute, size, padded)
         return outputs
 
-    async def infer_tensors(self, requests: Sequence[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray] | Exception]:
-        """Run tensor-model requests on one idle instance: stacked along the first dimension when the
-        signature and the shapes allow it and the outputs come back one row per input row; else one
-        request after the other. A request the model refuses (``InputRejected``) fails alone: a
-        refused stack is run again one request at a time to find which."""
-        inst = await self._acquire()
-        assert self.compute_timeout_s is not None, "start() first"
-        timeout = self.compute_timeout_s
-        rows = [len(next(iter(r.values()))) for r in requests]
-        if len(requests) > 1 and self._batchable and _stackable(requests):
-            feeds = {name: np.concatenate([r[name] for r in requests]) for name in requests[0]}
-            try:
-                outputs, compute = await inst.run(partial(_run_tensors, feeds=feeds), timeout)
-            except InputRejected:
-                outputs, compute = {}, 0.0
-            else:
-                self._observer.computed(compute, sum(rows), sum(rows))
-            if outputs and all(len(o) == sum(rows) for o in outputs.values()):
-                bounds = np.cumsum(rows)[:-1]
-                pieces = {name: np.split(o, bounds) for name, o in outputs.items()}
-                return [{name: parts[i] for name, parts in pieces.items()} for i in range(len(requests))]
-            if outputs:
-                self._batchable = False  # e.g. a detector's boxes of all images in one list: never stack again
-        # The instance is READY again and nothing else ran meanwhile (no await since): reuse it.
-        results: list[dict[str, np.ndarray] | Exception] = []
-        for request in requests:
-            try:
-                outputs, compute = await inst.run(partial(_run_tensors, feeds=request), timeout)
-            except InputRejected as exc:
-                results.append(exc)
-                continue
-            self._observer.computed(compute, 1, 1)
-            results.append(outputs)
-        return results
+    async def infer(self, items: Sequence[Any]) -> list[Any]:
+        """Run one batch of items (at most max_batch_size), as the model's kind runs batches."""
+        return await self._batching.run(self, items)

@@ -14,20 +14,17 @@ import itertools
 import logging
 import multiprocessing as mp
 import signal
-from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
-
 from pdserve.errors import InferenceFailed, InputRejected, ModelLoadError, PdserveError
 from pdserve.model_config import ModelConfig
 from pdserve.runtime.channel import AsyncChannel
-from pdserve.runtime.tensor_model import Signature, tensor_worker_main
-from pdserve.runtime.transport import BatchBuffers
-from pdserve.runtime.worker import WorkerSpec, worker_main
+from pdserve.runtime.contract import KindRuntime, Ready, WorkerSpec
+from pdserve.runtime.signature import Signature
+from pdserve.runtime.worker import worker_main
 from pdserve.settings import WORKER_STOP_S
 
 log = logging.getLogger(__name__)
@@ -80,25 +77,22 @@ class WorkerHandle(Protocol):
         Raises ``ModelLoadError`` (the model cannot load) or ``WorkerExited``."""
         ...
 
-    async def run(self, batch: Sequence[np.ndarray], size: int) -> tuple[list[np.ndarray], float]:
-        """Run ``batch`` padded to ``size``; return per-image outputs and the compute seconds.
+    async def run(self, payload: Any) -> tuple[Any, float]:
+        """Run one batch as the kind describes it (``Batching``); return its outputs and the compute
+        seconds.
 
-        Raises ``InferenceFailed`` (the predictor raised), ``InputRejected`` (it refused this input:
-        tensor models) or ``WorkerExited``."""
-        ...
-
-    async def run_tensors(self, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
-        """Tensor models: run named inputs; return every output by name, and the compute seconds."""
+        Raises ``InferenceFailed`` (the predictor raised), ``InputRejected`` (it refused this input)
+        or ``WorkerExited``."""
         ...
 
     @property
     def signature(self) -> Signature | None:
-        """Tensor models: inputs and outputs, known once ready."""
+        """Kinds that serve tensors: inputs and outputs, known once ready."""
         ...
 
     @property
     def validation(self) -> dict[str, Any] | None:
-        """INT8 image models: the worker's check against FP32 (``validation.py``), known once ready."""
+        """INT8 versions: the worker's check against FP32 (``validation.py``), known once ready."""
         ...
 
     def kill(self) -> None: ...
@@ -109,29 +103,23 @@ class WorkerHandle(Protocol):
 
 
 class ProcessWorker:
-    """A spawned ``worker_main`` process with its shared-memory buffers."""
+    """A spawned ``worker_main`` process running a kind's worker, with the kind's transport."""
 
-    def __init__(self, model: str, version_dir: Path, config: ModelConfig, index: int, nice: int = 0) -> None:
+    def __init__(
+        self, model: str, version_dir: Path, config: ModelConfig, index: int, kind: KindRuntime, nice: int = 0
+    ) -> None:
         self._model = model
         self._loop = asyncio.get_running_loop()
-        tensors = config.kind == "tensor"
-        # Image models: fixed-shape batches through shared memory. Tensor models: through the pipe.
-        self._buffers = None if tensors else BatchBuffers(max(config.padded_batch_sizes), tuple(config.input.shape))
+        self._transport = kind.transport(config)
         try:
             parent_conn, child_conn = _CTX.Pipe()
-            buffers = self._buffers
-            shm_name, crop_name = (buffers.input_shm.name, buffers.crop_shm.name) if buffers else ("", "")
-            spec = WorkerSpec(model, version_dir, config, shm_name, crop_name, nice)
+            spec = WorkerSpec(model, version_dir, config, kind.worker, self._transport.shared, nice)
             self._process: BaseProcess = _CTX.Process(
-                target=tensor_worker_main if tensors else worker_main,
-                args=(spec, child_conn),
-                name=f"pdserve-{model}-{index}",
-                daemon=True,
+                target=worker_main, args=(spec, child_conn), name=f"pdserve-{model}-{index}", daemon=True
             )
             self._process.start()
         except BaseException:
-            if self._buffers is not None:
-                self._buffers.close()
+            self._transport.close()
             raise
         child_conn.close()
         self._pid: int | None = self._process.pid
@@ -139,9 +127,7 @@ class ProcessWorker:
         self._exited: asyncio.Future[int | None] = self._loop.create_future()
         self._pending: tuple[int, asyncio.Future[tuple[Any, ...]]] | None = None
         self._batch_ids = itertools.count()
-        self._output_shape: tuple[int, ...] = ()
-        self.signature: Signature | None = None  # tensor models: inputs and outputs, once ready
-        self.validation: dict[str, Any] | None = None  # INT8 image models: the check against FP32, once ready
+        self._info = Ready()
         # A worker that can no longer be talked to is killed; the sentinel callback does the accounting.
         self._channel = AsyncChannel(parent_conn, self._loop, self._on_message, self.kill)
         self._loop.add_reader(self._process.sentinel, self._on_exit)
@@ -156,7 +142,15 @@ class ProcessWorker:
 
     @property
     def output_shape(self) -> tuple[int, ...]:
-        return self._output_shape
+        return self._info.output_shape
+
+    @property
+    def signature(self) -> Signature | None:
+        return self._info.signature
+
+    @property
+    def validation(self) -> dict[str, Any] | None:
+        return self._info.validation
 
     async def ready(self) -> float:
         return await asyncio.shield(self._ready)
@@ -176,15 +170,9 @@ class ProcessWorker:
         finally:
             self._pending = None
 
-    async def run(self, batch: Sequence[np.ndarray], size: int) -> tuple[list[np.ndarray], float]:
-        assert self._buffers is not None, "an image model's batch"
-        kinds = self._buffers.write(batch)
-        (compute,) = await self._call((size, kinds))
-        return self._buffers.read(len(batch)), compute
-
-    async def run_tensors(self, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
-        compute, outputs = await self._call(feeds)
-        return outputs, compute
+    async def run(self, payload: Any) -> tuple[Any, float]:
+        compute, result = await self._call(self._transport.encode(payload))
+        return self._transport.decode(result, payload), compute
 
     def kill(self) -> None:
         if not self._exited.done():
@@ -200,8 +188,7 @@ class ProcessWorker:
             self.kill()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._exited), STOP_TIMEOUT_S)
-        if self._buffers is not None:
-            self._buffers.close()
+        self._transport.close()
 
     # ---- event-loop callbacks ---------------------------------------------------------------
     def _on_message(self, msg: tuple[Any, ...]) -> None:
@@ -216,15 +203,12 @@ class ProcessWorker:
     def _handle(self, msg: tuple[Any, ...]) -> None:
         kind = msg[0]
         if kind == "ready":
-            _, out_shape, pid, slowest, *rest = msg
-            self._pid = pid
-            self._output_shape = tuple(out_shape)
-            self.signature = rest[0] if rest else None
-            self.validation = rest[1] if len(rest) > 1 else None
-            if self._buffers is not None:
-                self._channel.send(("output", self._buffers.attach_output(tuple(out_shape))))
+            self._info = msg[1]
+            message = self._transport.after_ready(self._info)
+            if message is not None:
+                self._channel.send(("attach", message))
             if not self._ready.done():
-                self._ready.set_result(float(slowest))
+                self._ready.set_result(self._info.slowest_warmup_s)
         elif kind == "load_failed":
             if not self._ready.done():
                 self._ready.set_exception(ModelLoadError(msg[1]))

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pdserve.service import top_k
+from pdserve.kinds.image import top_k
 
 
 def test_top_k_is_sorted_by_score_with_labels() -> None:

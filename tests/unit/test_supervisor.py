@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from pdserve.errors import ModelLoadError, ModelUnavailable, ShuttingDown, WorkerDied, WorkerHung
+from pdserve.kinds import KINDS
 from pdserve.model_config import ModelConfig
 from pdserve.runtime.pool import WorkerPool
 from pdserve.runtime.process import WorkerExited, WorkerOptions
@@ -55,13 +56,11 @@ class FakeWorker:
     signature = None
     validation = None
 
-    async def run_tensors(self, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
-        raise NotImplementedError
-
     async def ready(self) -> float:
         return await asyncio.shield(self._ready)
 
-    async def run(self, batch: Sequence[np.ndarray], size: int) -> tuple[list[np.ndarray], float]:
+    async def run(self, payload: tuple[Sequence[np.ndarray], int]) -> tuple[list[np.ndarray], float]:
+        batch, _size = payload  # the image kind's payload: rows and the padded size
         if self._exited.done():
             raise WorkerExited(f"worker pid {self._pid} is gone", self._exited.result())
         self._running = asyncio.get_running_loop().create_future()
@@ -148,12 +147,12 @@ async def test_a_hung_batch_is_killed_answered_and_replaced() -> None:
     first = launch.workers[0]
     first.behaviour = "hang"
     with pytest.raises(WorkerHung, match=r"did not finish this batch within 0\.1s"):
-        await inst.run(lambda w: w.run(BATCH, 1), timeout_s=0.05)
+        await inst.run(lambda w: w.run((BATCH, 1)), timeout_s=0.05)
     assert first.exited.result() == -9  # killed: SIGKILL also ends a SIGSTOPped process
     await until(lambda: inst.state is InstanceState.READY, "the replacement to be ready")
     assert inst.restarts == 1
     assert inst.pid != first.pid
-    outputs, _ = await inst.run(lambda w: w.run(BATCH, 1), timeout_s=1)
+    outputs, _ = await inst.run(lambda w: w.run((BATCH, 1)), timeout_s=1)
     assert outputs[0].tolist() == [2, 2]
     assert states[:4] == [InstanceState.READY, InstanceState.BUSY, InstanceState.BACKOFF, InstanceState.STARTING]
 
@@ -167,7 +166,7 @@ async def test_a_replacement_for_a_hung_worker_is_healthy_once_it_has_answered(w
     assert inst.healthy
     launch.workers[0].behaviour = "hang"
     with pytest.raises(WorkerHung):
-        await inst.run(lambda w: w.run(BATCH, 1), timeout_s=0.05)
+        await inst.run(lambda w: w.run((BATCH, 1)), timeout_s=0.05)
     assert not inst.healthy
     await until(lambda: inst.state is InstanceState.READY, "the replacement to be ready")
     if warmup_s:  # its warm-up ran batches: healthy at once
@@ -175,7 +174,7 @@ async def test_a_replacement_for_a_hung_worker_is_healthy_once_it_has_answered(w
         return
     assert not inst.healthy  # READY, but not proven: readiness does not count it
     assert inst.describe()["healthy"] is False
-    await inst.run(lambda w: w.run(BATCH, 1), timeout_s=1)
+    await inst.run(lambda w: w.run((BATCH, 1)), timeout_s=1)
     assert inst.healthy
 
 
@@ -185,7 +184,7 @@ async def test_an_unproven_replacement_counts_again_after_one_compute_timeout() 
     await inst.start()
     launch.workers[0].behaviour = "hang"
     with pytest.raises(WorkerHung):
-        await inst.run(lambda w: w.run(BATCH, 1), timeout_s=0.05)
+        await inst.run(lambda w: w.run((BATCH, 1)), timeout_s=0.05)
     await until(lambda: inst.state is InstanceState.READY, "the replacement to be ready")
     await until(lambda: inst.healthy, "the suspicion to lapse")
 
@@ -196,7 +195,7 @@ async def test_a_crash_mid_batch_fails_that_batch_and_restarts() -> None:
     await inst.start()
     launch.workers[0].behaviour = "crash"
     with pytest.raises(WorkerDied, match="exited with -11 running this batch"):
-        await inst.run(lambda w: w.run(BATCH, 1), timeout_s=1)
+        await inst.run(lambda w: w.run((BATCH, 1)), timeout_s=1)
     await until(lambda: inst.state is InstanceState.READY, "the restart")
     assert inst.restarts == 1
     assert launch.workers[0].stopped  # the dead worker's resources were released
@@ -265,7 +264,7 @@ def test_backoff_is_immediate_first_then_doubles_with_jitter_up_to_the_cap() -> 
 def pool(launch: Launcher, instances: int = 2, compute_timeout_ms: int | None = None) -> WorkerPool:
     config = ModelConfig(instances=instances, compute_timeout_ms=compute_timeout_ms)
     policy = RestartPolicy(max_failed_starts=2, backoff_base_s=0.001, backoff_max_s=0.004)
-    return WorkerPool("m", None, config, WorkerOptions(5), launch=launch, policy=policy)  # type: ignore[arg-type]
+    return WorkerPool("m", None, config, WorkerOptions(5), KINDS["image"], launch=launch, policy=policy)  # type: ignore[arg-type]
 
 
 async def test_compute_timeout_defaults_to_a_multiple_of_the_slowest_warmup() -> None:

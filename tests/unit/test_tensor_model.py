@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pdserve.runtime.tensor_model import input_error
+from pdserve.runtime.signature import input_error
 
 FEEDS = {"x": np.zeros((1, 3, 100, 100), np.float32)}
 

@@ -15,8 +15,9 @@ from fastapi.responses import JSONResponse
 
 from pdserve.api.auth import Admin
 from pdserve.api.deps import Service
-from pdserve.api.v2.routes import V2Error
+from pdserve.api.v2.metadata import V2Error
 from pdserve.errors import BadRequest, ModelLoadError
+from pdserve.service import InferenceService, ModelState
 
 router = APIRouter(prefix="/v2/repository", tags=["v2 repository (management)"])
 ModelName = Annotated[str, Path(description="Model name: a folder of the repository")]
@@ -32,9 +33,24 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+def index_rows(service: InferenceService) -> list[dict[str, str]]:
+    """Triton's index: a row per version of every model folder, loaded or not."""
+    rows = []
+    for name, entry in service.catalog():
+        if entry is None:
+            rows.append({"name": name, "version": "", "state": "UNAVAILABLE", "reason": "unloaded"})
+            continue
+        if not entry.versions:
+            rows.append({"name": name, "version": "", "state": "UNAVAILABLE", "reason": entry.error or ""})
+        for number, v in sorted(entry.versions.items()):
+            state = "READY" if v.serving else ("LOADING" if v.state is ModelState.LOADING else "UNAVAILABLE")
+            rows.append({"name": name, "version": str(number), "state": state, "reason": v.error or ""})
+    return rows
+
+
 @router.post("/index", summary="Every model folder, loaded or not, with versions and states", responses=_ERRORS)
 async def index(service: Service, _: Admin) -> list[dict[str, str]]:
-    return service.index()
+    return index_rows(service)
 
 
 @router.post("/models/{name}/load", summary="Load or reload a model without downtime", responses=_ERRORS)

@@ -1,28 +1,20 @@
-"""Any Paddle inference model served as tensors: its signature read from the program itself, and
-a worker loop that feeds named arrays in and returns every output.
+"""A Paddle program's signature (named inputs and outputs with dtypes and shapes), read from the
+program itself, and the Paddle errors that mean "this input cannot go through this model".
 
 Predictor handles report nothing useful before a run (shape ``[0]``, and not always the right
-dtype), so the signature comes from the feed and fetch variables of ``model.pdmodel``. Tensors
-cross the pipe pickled: these models have shapes known only per request, unlike the fixed-shape
-image models whose batches go through shared memory.
+dtype), so the signature comes from the feed and fetch variables of ``model.pdmodel``.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import time
-import traceback
-import warnings
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pdserve.errors import PdserveError
-from pdserve.runtime.predictor_config import build_predictor, plan_predictor
 
 # framework.proto VarType names -> numpy dtypes
 _DTYPES = {
@@ -103,50 +95,3 @@ def input_error(exc: BaseException, feeds: dict[str, np.ndarray]) -> str | None:
     where = f" (operator {operator.group(1)})" if operator else ""
     sent = ", ".join(f"{name} {list(a.shape)} {a.dtype}" for name, a in feeds.items())
     return f"the model cannot run inputs {sent}: {reason[:300]}{where}"
-
-
-def tensor_worker_main(spec: Any, conn: Connection) -> None:
-    """The worker loop of a tensor model: ``("run", id, {name: array})`` -> ``("done", id, s, {name: array})``."""
-    from pdserve.runtime.worker import _ignore_group_signals
-
-    os.nice(spec.nice)
-    warnings.filterwarnings("ignore", message="No ccache found")
-    _ignore_group_signals()
-    try:
-        import paddle
-
-        plan = plan_predictor(spec.config, spec.version_dir, paddle.device.is_compiled_with_cuda(), spec.model)
-        signature = read_signature(plan.model_file)
-        predictor = build_predictor(plan)
-        _ignore_group_signals()
-    except Exception as exc:
-        message = str(exc) if isinstance(exc, PdserveError) else f"model {spec.model!r}: {type(exc).__name__}: {exc}"
-        conn.send(("load_failed", message))
-        conn.close()
-        return
-    conn.send(("ready", (), os.getpid(), 0.0, signature))
-    inputs = {s.name: predictor.get_input_handle(s.name) for s in signature.inputs}
-    outputs = {s.name: predictor.get_output_handle(s.name) for s in signature.outputs}
-    while True:
-        try:
-            msg: tuple[Any, ...] = conn.recv()
-        except (EOFError, OSError):  # parent gone
-            break
-        if msg[0] == "stop":
-            break
-        _, batch_id, feeds = msg
-        try:
-            start = time.perf_counter()
-            for name, array in feeds.items():
-                inputs[name].reshape(list(array.shape))
-                inputs[name].copy_from_cpu(np.ascontiguousarray(array))
-            predictor.run()
-            result = {name: handle.copy_to_cpu() for name, handle in outputs.items()}
-            conn.send(("done", batch_id, time.perf_counter() - start, result))
-        except Exception as exc:
-            refused = input_error(exc, feeds)
-            if refused is not None:  # the client's input, not the model: no traceback in the log
-                conn.send(("rejected", batch_id, refused))
-                continue
-            traceback.print_exc()
-            conn.send(("failed", batch_id, f"{type(exc).__name__}: {exc}"))

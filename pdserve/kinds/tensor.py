@@ -1,0 +1,182 @@
+"""``kind: tensor``: any Paddle inference model, fed named tensors over v2; its inputs and outputs
+are read from the program itself (``runtime/signature.py``).
+
+These models have shapes only requests know, so there is no warm-up and tensors cross the pipe
+pickled (no fixed-size shared memory). Concurrent requests are stacked along the first dimension
+when the signature and shapes allow it and the outputs come back one row per input row; otherwise
+(e.g. a detector returning all images' boxes in one list) they run one after the other.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from pdserve.errors import BadRequest, InputRejected
+from pdserve.kinds.base import DecodeContext, ModelKind, NamedTensor, Version, WantedOutput, Work, ready_items
+from pdserve.model_config import ModelConfig
+from pdserve.runtime.contract import InputRefused, Ready, WorkerSpec
+from pdserve.runtime.pool import WorkerPool
+from pdserve.runtime.predictor_config import build_predictor, plan_predictor
+from pdserve.runtime.signature import Signature, TensorSpec, input_error, read_signature
+
+Feeds = dict[str, np.ndarray]
+
+
+class TensorWorker:
+    """``KindWorker`` of the tensor kind: named arrays in, every output out."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+
+    def setup(self) -> Ready:
+        import paddle
+
+        spec = self.spec
+        plan = plan_predictor(spec.config, spec.version_dir, paddle.device.is_compiled_with_cuda(), spec.model)
+        self.signature = read_signature(plan.model_file)
+        self.predictor = build_predictor(plan)
+        self.inputs = {s.name: self.predictor.get_input_handle(s.name) for s in self.signature.inputs}
+        self.outputs = {s.name: self.predictor.get_output_handle(s.name) for s in self.signature.outputs}
+        return Ready(signature=self.signature)
+
+    def attach(self, message: Any) -> None: ...
+
+    def run(self, payload: Feeds) -> tuple[Feeds, float]:
+        start = time.perf_counter()
+        try:
+            for name, array in payload.items():
+                self.inputs[name].reshape(list(array.shape))
+                self.inputs[name].copy_from_cpu(np.ascontiguousarray(array))
+            self.predictor.run()
+        except Exception as exc:
+            refused = input_error(exc, payload)
+            if refused is not None:
+                raise InputRefused(refused) from exc
+            raise
+        result = {name: handle.copy_to_cpu() for name, handle in self.outputs.items()}
+        return result, time.perf_counter() - start
+
+    def close(self) -> None: ...
+
+
+class PipeTransport:
+    """``Transport`` of the tensor kind: the arrays go through the pipe as they are."""
+
+    shared: tuple[str, ...] = ()
+
+    def encode(self, payload: Feeds) -> Feeds:
+        return payload
+
+    def decode(self, result: Feeds, payload: Feeds) -> Feeds:
+        return result
+
+    def after_ready(self, ready: Ready) -> None:
+        return None
+
+    def close(self) -> None: ...
+
+
+def _stackable(requests: Sequence[Feeds]) -> bool:
+    first = requests[0]
+    return all(r.keys() == first.keys() and all(r[n].shape[1:] == first[n].shape[1:] for n in first) for r in requests)
+
+
+class TensorBatching:
+    """Stack requests into one run when the model allows it; else one after the other, on one instance.
+
+    A request the model refuses (``InputRejected``) fails alone: a refused stack is run again one
+    request at a time to find which."""
+
+    def __init__(self) -> None:
+        self.batchable: bool | None = None  # from the signature, then False once outputs did not split
+
+    async def run(self, pool: WorkerPool, requests: Sequence[Feeds]) -> list[Feeds | Exception]:
+        if self.batchable is None:
+            self.batchable = pool.signature.batchable if pool.signature is not None else False
+        inst = await pool.acquire()
+        rows = [len(next(iter(r.values()))) for r in requests]
+        if len(requests) > 1 and self.batchable and _stackable(requests):
+            feeds = {name: np.concatenate([r[name] for r in requests]) for name in requests[0]}
+            try:
+                outputs: Feeds = await pool.run_on(inst, feeds, sum(rows), sum(rows))
+            except InputRejected:
+                outputs = {}
+            if outputs and all(len(o) == sum(rows) for o in outputs.values()):
+                bounds = np.cumsum(rows)[:-1]
+                pieces = {name: np.split(o, bounds) for name, o in outputs.items()}
+                return [{name: parts[i] for name, parts in pieces.items()} for i in range(len(requests))]
+            if outputs:
+                self.batchable = False  # e.g. a detector's boxes of all images in one list: never stack again
+        # The instance is READY again and nothing else ran meanwhile (no await since): reuse it.
+        results: list[Feeds | Exception] = []
+        for request in requests:
+            try:
+                results.append(await pool.run_on(inst, request, 1, 1))
+            except InputRejected as exc:
+                results.append(exc)
+        return results
+
+
+class TensorKind(ModelKind):
+    name = "tensor"
+    worker = TensorWorker
+
+    def transport(self, config: ModelConfig) -> PipeTransport:
+        return PipeTransport()
+
+    def batching(self, config: ModelConfig) -> TensorBatching:
+        return TensorBatching()
+
+    @staticmethod
+    def _signature(version: Version) -> Signature:
+        signature = version.signature
+        if signature is None:
+            raise BadRequest(f"model {version.name!r} has not started yet: its signature is unknown")
+        return signature
+
+    def inputs(self, version: Version) -> list[TensorSpec]:
+        return list(version.signature.inputs) if version.signature is not None else []
+
+    def outputs(self, version: Version) -> list[TensorSpec]:
+        return list(version.signature.outputs) if version.signature is not None else []
+
+    def from_tensors(self, version: Version, tensors: Sequence[NamedTensor], ctx: DecodeContext) -> Work:
+        feeds: Feeds = {}
+        for tensor in tensors:
+            if tensor.array is None:
+                raise BadRequest(f"input {tensor.name!r}: BYTES inputs are not served for tensor models")
+            if tensor.name in feeds:
+                raise BadRequest(f"input {tensor.name!r} is given twice")
+            feeds[tensor.name] = tensor.array
+        wanted = {s.name: s for s in self._signature(version).inputs}
+        unknown, missing = sorted(set(feeds) - set(wanted)), sorted(set(wanted) - set(feeds))
+        if unknown or missing:
+            raise BadRequest(
+                f"model {version.name!r} takes inputs {sorted(wanted)}; unknown {unknown}, missing {missing}"
+            )
+        for name, array in feeds.items():
+            spec = wanted[name]
+            if array.dtype != np.dtype(spec.dtype):
+                raise BadRequest(f"input {name!r} is {array.dtype}, the model takes {spec.dtype}")
+            fits = len(array.shape) == len(spec.shape)
+            if not fits or any(d not in (-1, a) for d, a in zip(spec.shape, array.shape, strict=True)):
+                raise BadRequest(f"input {name!r} has shape {list(array.shape)}, the model takes {list(spec.shape)}")
+        return Work(1, ready_items([feeds]))
+
+    def to_tensors(
+        self, version: Version, outputs: list[Any], wanted: Sequence[WantedOutput]
+    ) -> list[tuple[str, np.ndarray]]:
+        (result,) = outputs
+        named: Feeds = dict(result)
+        chosen = []
+        for want in wanted or [WantedOutput(n) for n in named]:
+            if want.name not in named:
+                raise BadRequest(f"unknown output {want.name!r}; model {version.name!r} has {sorted(named)}")
+            if want.classification is not None:
+                raise BadRequest("parameters.classification applies to image models only")
+            chosen.append((want.name, named[want.name]))
+        return chosen
