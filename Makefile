@@ -121,7 +121,7 @@ $(VENV)/.convert: pyproject.toml | $(VENV)/.dev
 	touch $@
 
 model: $(VENV)/.convert
-	FLAGS_enable_pir_api=0 $(BIN)/python -m pdserve.pipeline.efficientnet_lite --output model_repo/efficientnet_lite0 \
+	FLAGS_enable_pir_api=0 $(BIN)/python scripts/make_model.py --output model_repo/efficientnet_lite0 \
 		--reference tests/data/efficientnet_lite0_reference.npz --sample $(SAMPLE)
 
 # model_repo/efficientnet_lite0_int8 is made from the FP32 model and the 200 images of

@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pdserve.pipeline.loadgen import Request, Target, closed_loop, percentile, run  # noqa: E402
+from pdserve.pipeline.sample import sample_list  # noqa: E402
 from pdserve.pipeline.served import Served  # noqa: E402
-from tests.helpers import sample_list  # noqa: E402
 
 
 def repository(model_dir: Path, instances: int, threads: int) -> Path:

@@ -21,11 +21,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
 
 from pdserve.pipeline.loadgen import Request, Target, closed_loop, run  # noqa: E402
+from pdserve.pipeline.sample import sample_list  # noqa: E402
 from pdserve.pipeline.served import Served, cpu_seconds  # noqa: E402
-from tests.helpers import sample_list  # noqa: E402
 
 PY_SPY = ROOT / ".venv-bench" / "bin" / "py-spy"
 MODEL = "efficientnet_lite0"

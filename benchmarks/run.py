@@ -2,7 +2,7 @@
 
 Each server is started on 127.0.0.1 in its own process tree with the same model files, the same
 preprocessing code (``pdserve.preprocess``), the same predictor setup (``LoadedPredictor``), the same
-batch limit and queue delay and the same math threads, then driven by ``scripts/loadgen.py``
+batch limit and queue delay and the same math threads, then driven by ``pdserve/pipeline/loadgen.py``
 (asyncio, keep-alive, uvloop) posting real JPEGs from the sample: closed loop at each concurrency,
 then open loop at fixed rates. Every response is checked (status 200 and a top-1 class). Per run:
 requests/s, p50/p90/p99, errors, CPU-seconds per image of the server's process tree (from /proc,
@@ -40,12 +40,15 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
 
 from pdserve.pipeline.bench import rss_mib  # noqa: E402
 from pdserve.pipeline.loadgen import Request, Target, closed_loop, open_loop, percentile, run  # noqa: E402
-from pdserve.pipeline.served import cpu_seconds, tree  # noqa: E402
-from tests.helpers import free_port, sample_list  # noqa: E402
+from pdserve.pipeline.sample import sample_list  # noqa: E402
+from pdserve.pipeline.served import (  # noqa: E402
+    cpu_seconds,
+    free_port,
+    tree,
+)
 
 BENCH_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
 MODEL = "efficientnet_lite0"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,46 +13,38 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 import uvicorn
-import yaml
 
-from pdserve.pipeline.served import free_port as free_port  # the tests import it from here
+from pdserve.pipeline import sample
+from pdserve.pipeline.sample import DEFAULT_MODEL as DEFAULT_MODEL
+from pdserve.pipeline.sample import MODEL_REPO as MODEL_REPO
+from pdserve.pipeline.sample import ROOT as ROOT
+from pdserve.pipeline.sample import SampleMissing
+from pdserve.pipeline.served import free_port as free_port  # the tests import these from here
+from pdserve.pipeline.served import make_repo as make_repo
+from pdserve.pipeline.served import metric as metric
 
-ROOT = Path(__file__).resolve().parents[1]
-MODEL_REPO = ROOT / "model_repo"
-DEFAULT_MODEL = "efficientnet_lite0"
 T = TypeVar("T")
 
 
 def sample_dir() -> Path:
     """The ImageNet sample; tests skip without it, except in CI where its absence is a failure."""
-    path = Path(os.environ.get("PDSERVE_SAMPLE_DATA", ROOT.parent / "shared" / "data" / "imagenet-sample"))
-    if not (path / "val_list.txt").is_file():
-        message = f"ImageNet sample not found at {path} (set PDSERVE_SAMPLE_DATA)"
+    try:
+        return sample.sample_dir()
+    except SampleMissing as exc:
         if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+            pytest.fail(exc.message)
+        pytest.skip(exc.message)
 
 
 def sample_list(limit: int | None = None) -> list[tuple[Path, int]]:
-    root = sample_dir()
-    rows = []
-    for line in (root / "val_list.txt").read_text().splitlines():
-        if line.strip():
-            rel, label = line.split()
-            rows.append((root / rel, int(label)))
-    return rows[:limit]
+    sample_dir()
+    return sample.sample_list(limit)
 
 
 def sample_split(name: str) -> list[tuple[Path, int]]:
     """One of the committed disjoint lists, data/imagenet-sample-{calibration,selection,report}.txt."""
-    root = sample_dir()
-    rows = []
-    for line in (ROOT / "data" / f"imagenet-sample-{name}.txt").read_text().splitlines():
-        if line.strip():
-            rel, label = line.split()
-            rows.append((root / rel, int(label)))
-    return rows
+    sample_dir()
+    return sample.sample_split(name)
 
 
 def wait_until(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
@@ -66,33 +57,6 @@ def wait_until(check: Callable[[], T | None], timeout: float, what: str, interva
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
-
-
-def make_repo(root: Path, overrides: dict[str, Any] | None = None, name: str = DEFAULT_MODEL) -> Path:
-    """A model repository holding the real EfficientNet-Lite0 (linked, not copied) with config overrides."""
-    src = MODEL_REPO / DEFAULT_MODEL
-    dst = root / name
-    dst.mkdir(parents=True)
-    config = yaml.safe_load((src / "config.yaml").read_text())
-    config.update(overrides or {})
-    (dst / "config.yaml").write_text(yaml.safe_dump(config))
-    (dst / "labels.txt").symlink_to(src / "labels.txt")
-    (dst / "1").symlink_to(src / "1", target_is_directory=True)
-    return root
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in Prometheus text output (0 when absent)."""
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        match = re.fullmatch(r"([a-zA-Z_:][\w:]*)(\{.*\})?\s+(\S+)", line)
-        if not match or match.group(1) != name:
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
-        if all(found.get(k) == v for k, v in labels.items()):
-            return float(match.group(3))
-    return 0.0
 
 
 class ServerThread:

@@ -56,7 +56,7 @@ class Recipe:
     fuse_bn: bool = True  # fold batch norm into convolutions before calibrating (optimize_model)
     batch_nums: int | None = None  # calibration batches to use; None: all
     # Outputs of relu6 & co. get their bound (6) as scale, not a calibrated one: KL otherwise clips
-    # ReLU6 outputs at about 3.4 and EfficientNet-Lite0 loses 26 points (scripts/kl_diagnosis.py).
+    # ReLU6 outputs at about 3.4 and EfficientNet-Lite0 loses 26 points (benchmarks/kl_diagnosis.py).
     bounded_scales: bool = True
     fp32_layers: tuple[str, ...] = ()  # weight names of layers kept in FP32
 

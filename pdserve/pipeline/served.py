@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -12,12 +13,41 @@ import time
 from pathlib import Path
 
 import httpx
+import yaml
 
 from pdserve.pipeline.bench import rss_mib
+from pdserve.pipeline.sample import DEFAULT_MODEL, MODEL_REPO
 
 ROOT = Path(__file__).resolve().parents[2]
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def make_repo(root: Path, overrides: dict[str, object] | None = None, name: str = DEFAULT_MODEL) -> Path:
+    """A model repository holding the shipped EfficientNet-Lite0 (linked, not copied) with config overrides."""
+    src = MODEL_REPO / DEFAULT_MODEL
+    dst = root / name
+    dst.mkdir(parents=True)
+    config = yaml.safe_load((src / "config.yaml").read_text())
+    config.update(overrides or {})
+    (dst / "config.yaml").write_text(yaml.safe_dump(config))
+    (dst / "labels.txt").symlink_to(src / "labels.txt")
+    (dst / "1").symlink_to(src / "1", target_is_directory=True)
+    return root
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text output (0 when absent)."""
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        match = re.fullmatch(r"([a-zA-Z_:][\w:]*)(\{.*\})?\s+(\S+)", line)
+        if not match or match.group(1) != name:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(match.group(3))
+    return 0.0
 
 
 def free_port() -> int:

@@ -21,8 +21,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pdserve.pipeline.hostile import bomb
 from tests.helpers import DEFAULT_MODEL, ServerThread, make_repo, metric, running_app, sample_list, wait_until
-from tests.unit.test_preprocess import UNUSUAL, bomb
+from tests.unit.test_preprocess import UNUSUAL
 
 pytestmark = pytest.mark.timeout(180)
 JPEG = {"Content-Type": "image/jpeg"}

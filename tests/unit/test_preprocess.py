@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import cv2
 import numpy as np
@@ -11,6 +9,7 @@ from PIL import Image
 
 from pdserve.errors import ImageTooLarge, InvalidImage
 from pdserve.model_config import Preprocessing
+from pdserve.pipeline.hostile import bomb, encode_with_pillow
 from pdserve.preprocess import (
     Normalizer,
     crop,
@@ -107,37 +106,7 @@ def test_small_images_are_upscaled_to_the_crop() -> None:
 
 # ---- hostile and unusual images ---------------------------------------------------------------
 
-
-def _pillow(image: Image.Image, fmt: str, **options: object) -> bytes:
-    out = io.BytesIO()
-    image.save(out, fmt, **options)
-    return out.getvalue()
-
-
-def bomb(fmt: str, side: int = 40_000) -> bytes:
-    """A small, well-formed file whose header declares ``side`` x ``side`` pixels."""
-    small = Image.new("RGB", (16, 16), (10, 20, 30))
-    if fmt == "PNG":
-        data = bytearray(_pillow(small, "PNG"))
-        data[16:24] = struct.pack(">II", side, side)  # IHDR width, height
-        data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))  # IHDR's CRC stays valid
-        return bytes(data)
-    if fmt == "JPEG":
-        data = bytearray(_pillow(small, "JPEG"))
-        sof = data.index(b"\xff\xc0")
-        data[sof + 5 : sof + 9] = struct.pack(">HH", side, side)  # SOF0 height, width
-        return bytes(data)
-    if fmt == "BMP":
-        data = bytearray(_pillow(small, "BMP"))
-        data[18:26] = struct.pack("<ii", side, side)  # BITMAPINFOHEADER width, height
-        return bytes(data)
-    if fmt == "WEBP":  # lossless VP8L: 14-bit width-1 and height-1 after the 0x2f signature
-        data = bytearray(_pillow(small, "WEBP", lossless=True))
-        side = min(side, 1 << 14)
-        bits = int.from_bytes(data[21:25], "little") & ~((1 << 28) - 1)
-        data[21:25] = (bits | (side - 1) | (side - 1) << 14).to_bytes(4, "little")
-        return bytes(data)
-    raise AssertionError(fmt)
+_pillow = encode_with_pillow
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "BMP", "WEBP"])

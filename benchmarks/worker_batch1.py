@@ -5,7 +5,7 @@ or 10, only batch 1 built or every padded size (1, 2, 4, 8, 16) built first, the
 calls, back to back or with ``--gap-ms`` of sleep between them (a worker at one client idles while
 the HTTP process reads, decodes and answers). Prints each median.
 
-    .venv/bin/python scripts/worker_batch1.py [--gaps-ms 0 5] [--rounds 2]
+    .venv/bin/python benchmarks/worker_batch1.py [--gaps-ms 0 5] [--rounds 2]
 """
 
 from __future__ import annotations

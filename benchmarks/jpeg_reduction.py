@@ -6,7 +6,7 @@ re-encoded as a JPEG (quality 92): a phone-sized photo whose content is known. E
 classified after a full decode and after a reduced one, with the same model; prints the time per
 image of decode + preprocessing and top-1 both ways.
 
-    .venv/bin/python scripts/jpeg_reduction.py [--split report] [--scale 4] [--model efficientnet_lite0]
+    .venv/bin/python benchmarks/jpeg_reduction.py [--split report] [--scale 4] [--model efficientnet_lite0]
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pdserve.model_config import load_model_config, version_folders  # noqa: E402
+from pdserve.pipeline.sample import sample_split  # noqa: E402
 from pdserve.preprocess import image_size, jpeg_reduction, load_and_preprocess  # noqa: E402
 from pdserve.runtime.predictor_config import LoadedPredictor  # noqa: E402
-from tests.helpers import sample_split  # noqa: E402
 
 
 def enlarged(path: Path, scale: float) -> bytes:

@@ -5,9 +5,9 @@ ImageNet sample to ``efficientnet_lite0``, and reports, in one run: the closed-l
 for Poisson arrivals at ``--factor`` x capacity, whether every request was answered, the goodput
 (200s per second) against capacity, and latency percentiles of the accepted requests and of the
 rejections (429). Every 200 is checked to hold predictions. The load generator runs on the same
-machine (``scripts/loadgen.py``, raw asyncio sockets, to take as little CPU as possible).
+machine (``pdserve/pipeline/loadgen.py``, raw asyncio sockets, to take as little CPU as possible).
 
-    .venv/bin/python scripts/bench_overload.py [--factor 3] [--seconds 15] [--json out.json]
+    .venv/bin/python benchmarks/overload.py [--factor 3] [--seconds 15] [--json out.json]
 
 Targets (issue 7): every request answered; rejections p99 <= 50 ms; accepted p99 <= 1 s;
 goodput >= 0.9 x capacity.
@@ -28,11 +28,10 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
 
 from pdserve.pipeline.loadgen import Request, Result, Target, closed_loop, open_loop, percentile, run  # noqa: E402
-from pdserve.pipeline.served import Served  # noqa: E402
-from tests.helpers import MODEL_REPO, metric, sample_list  # noqa: E402
+from pdserve.pipeline.sample import MODEL_REPO, sample_list  # noqa: E402
+from pdserve.pipeline.served import Served, metric  # noqa: E402
 
 MODEL = "efficientnet_lite0"
 

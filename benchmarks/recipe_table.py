@@ -6,7 +6,7 @@ split. This script takes its report.json, rebuilds each candidate from the same 
 with FP32, so that the numbers published are from images that neither calibrated a model nor chose
 the recipe. Prints a Markdown table. Needs FLAGS_enable_pir_api=0 (set here).
 
-    .venv/bin/python scripts/recipe_table.py [--search model_repo/efficientnet_lite0_int8/search/report.json]
+    .venv/bin/python benchmarks/recipe_table.py [--search model_repo/efficientnet_lite0_int8/search/report.json]
         [--split report] [--json out.json]
 """
 
@@ -25,8 +25,8 @@ sys.path.insert(0, str(ROOT))
 from pdserve.pipeline.dataset import PipelineError, read_label_list  # noqa: E402
 from pdserve.pipeline.evaluate import LocalModel  # noqa: E402
 from pdserve.pipeline.ptq import Recipe  # noqa: E402
+from pdserve.pipeline.sample import sample_dir  # noqa: E402
 from pdserve.pipeline.search import Search, quiet_paddle  # noqa: E402
-from tests.helpers import sample_dir  # noqa: E402
 
 INT8 = ROOT / "model_repo" / "efficientnet_lite0_int8"
 

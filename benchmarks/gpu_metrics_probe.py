@@ -3,7 +3,7 @@
 Paddle is not needed (nor used): the load is a PyTorch matmul loop, only so that utilisation and
 memory move. Prints ``GpuMonitor.summary()`` and the ``/metrics`` lines pdserve would serve.
 
-    python scripts/gpu_metrics_probe.py        # on a machine with an NVIDIA GPU and nvidia-ml-py
+    python benchmarks/gpu_metrics_probe.py        # on a machine with an NVIDIA GPU and nvidia-ml-py
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ then drives each model in turn with closed-loop clients posting real JPEGs from 
 fixed time, alternating FP32 and INT8 for several rounds so that drift on a shared machine hits
 both. Every response must be 200. Prints requests/s, p50/p99 and the INT8/FP32 ratio per round.
 
-    .venv/bin/python scripts/bench_int8_served.py [--seconds 20] [--clients 16] [--rounds 2]
+    .venv/bin/python benchmarks/int8_served.py [--seconds 20] [--clients 16] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -17,11 +17,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
 
 from pdserve.pipeline.loadgen import Request, Target, closed_loop, percentile, run  # noqa: E402
+from pdserve.pipeline.sample import sample_list  # noqa: E402
 from pdserve.pipeline.served import Served  # noqa: E402
-from tests.helpers import sample_list  # noqa: E402
 
 FP32, INT8 = "efficientnet_lite0", "efficientnet_lite0_int8"
 

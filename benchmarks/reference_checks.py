@@ -1,6 +1,6 @@
 """The facts README and BENCHMARKS state about the model and Paddle, measured again with one command.
 
-    .venv/bin/python scripts/reference_checks.py   (needs torch: make model installs it)
+    .venv/bin/python benchmarks/reference_checks.py   (needs torch: make model installs it)
 
 1. Top-1 of the PyTorch reference EfficientNet-Lite0 on the whole sample, with the model's own
    normalisation ``(x - 127) / 128`` and with the usual ImageNet mean/std (pdserve's preprocessing).

@@ -5,7 +5,7 @@ drives it with closed-loop clients at several concurrencies posting real JPEGs, 
 images/s, latency percentiles, the mean batch size (from /metrics) and the workers' RSS.
 The clients run on the same machine and take CPU from the server: compare variants, not machines.
 
-    .venv/bin/python scripts/bench_serving.py [--requests 400] [--concurrency 1 8 32] [--json]
+    .venv/bin/python benchmarks/serving.py [--requests 400] [--concurrency 1 8 32] [--json]
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pdserve.pipeline.bench import rss_mib  # noqa: E402
-from tests.helpers import free_port, make_repo, metric, sample_list  # noqa: E402
+from pdserve.pipeline.sample import sample_list  # noqa: E402
+from pdserve.pipeline.served import free_port, make_repo, metric  # noqa: E402
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "1 worker x 2 threads, batch<=8, delay 0 ms": {"max_queue_delay_ms": 0},

@@ -5,7 +5,7 @@ prints the ratio of KL's to abs_max's activation threshold per kind of tensor (g
 that writes it), then builds KL models with one group of tensors given another threshold and
 evaluates each on the selection split against FP32, paired. Needs FLAGS_enable_pir_api=0 (set here).
 
-    .venv/bin/python scripts/kl_diagnosis.py [--split selection] [--cache-dir DIR]
+    .venv/bin/python benchmarks/kl_diagnosis.py [--split selection] [--cache-dir DIR]
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import numpy as np  # noqa: E402
 from pdserve.pipeline.dataset import read_label_list  # noqa: E402
 from pdserve.pipeline.evaluate import LocalModel  # noqa: E402
 from pdserve.pipeline.ptq import BOUNDED_OUTPUTS, Recipe, thresholds  # noqa: E402
+from pdserve.pipeline.sample import sample_dir  # noqa: E402
 from pdserve.pipeline.search import Search, quiet_paddle  # noqa: E402
-from tests.helpers import sample_dir  # noqa: E402
 
 
 def main() -> int:

@@ -6,7 +6,7 @@ appears and tritonclient calls ``load_model``; every response is checked. Phase 
 unload/load cycles through tritonclient; the RSS of the server's process tree, its worker count
 and its shared-memory segments are read after the first cycle and after the last.
 
-    .venv/bin/python scripts/bench_reload.py [--clients 8] [--cycles 20]
+    .venv/bin/python benchmarks/reload.py [--clients 8] [--cycles 20]
 
 Targets (issue 8): zero failed requests across the reload; no memory growth over the cycles.
 """
@@ -24,13 +24,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
 
 import tritonclient.http as triton  # noqa: E402
 
 from pdserve.pipeline.loadgen import Request, Result, Target, run  # noqa: E402
-from pdserve.pipeline.served import Served  # noqa: E402
-from tests.helpers import DEFAULT_MODEL, MODEL_REPO, make_repo, sample_list  # noqa: E402
+from pdserve.pipeline.sample import DEFAULT_MODEL, MODEL_REPO, sample_list  # noqa: E402
+from pdserve.pipeline.served import Served, make_repo  # noqa: E402
 
 KEY = "bench-admin-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}

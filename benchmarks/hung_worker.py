@@ -5,7 +5,7 @@ of its workers with SIGSTOP (standing for a deadlocked predictor), and reports: 
 in force, when the callers of the frozen batch were answered and with what, when the instance was
 serving again (a new pid), and that every other request kept succeeding meanwhile.
 
-    .venv/bin/python scripts/bench_hung_worker.py [--clients 8] [--seconds 30]
+    .venv/bin/python benchmarks/hung_worker.py [--clients 8] [--seconds 30]
 
 Target (issue 7): callers answered within the compute timeout, the worker replaced within the
 compute timeout plus one restart.
@@ -27,11 +27,10 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
 
 from pdserve.pipeline.loadgen import Request, Target, closed_loop, run  # noqa: E402
+from pdserve.pipeline.sample import MODEL_REPO, sample_list  # noqa: E402
 from pdserve.pipeline.served import Served  # noqa: E402
-from tests.helpers import MODEL_REPO, sample_list  # noqa: E402
 
 MODEL = "efficientnet_lite0"
 

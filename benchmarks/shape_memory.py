@@ -4,7 +4,7 @@ Why workers warm a few padded sizes rather than every size: each input shape one
 primitives and buffers for good. One predictor, 1 math thread (as pdserve's shipped workers), batch
 sizes 1 to ``--max-batch`` in order, each run once to build it, then timed.
 
-    .venv/bin/python scripts/shape_memory.py [--model efficientnet_lite0] [--max-batch 16]
+    .venv/bin/python benchmarks/shape_memory.py [--model efficientnet_lite0] [--max-batch 16]
 """
 
 from __future__ import annotations

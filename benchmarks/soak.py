@@ -6,7 +6,7 @@ requests from closed-loop clients: real JPEGs (raw, multipart, base64 JSON) and,
 is checked against what it should be. RSS of the server's whole process tree (HTTP process and
 workers) is read after a warm-up and at the end.
 
-    .venv/bin/python scripts/soak.py [--requests 20000] [--bad-share 0.2] [--json out.json]
+    .venv/bin/python benchmarks/soak.py [--requests 20000] [--bad-share 0.2] [--json out.json]
 
 Target (issue 7): RSS growth after warm-up < 5%; every request answered as expected.
 """
@@ -26,12 +26,11 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
 
+from pdserve.pipeline.hostile import bomb  # noqa: E402
 from pdserve.pipeline.loadgen import Request, Result, Target, closed_loop, run  # noqa: E402
+from pdserve.pipeline.sample import MODEL_REPO, sample_list  # noqa: E402
 from pdserve.pipeline.served import Served  # noqa: E402
-from tests.helpers import MODEL_REPO, sample_list  # noqa: E402
-from tests.unit.test_preprocess import bomb  # noqa: E402
 
 PATH = "/predict?model=efficientnet_lite0&top_k=3"
 BOUNDARY = "soakboundary7a1c"
