@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from pdserve.pipeline.dataset import load_images, read_label_list
-from pdserve.pipeline.evaluate import LocalModel
 from pdserve.pipeline.isa import ISA_ORDER, distinct_isas, native_isa, predict_under
+from pdserve.pipeline.local import LocalModel
 from pdserve.runtime.validation import ValidationSet, compare, cpu_isa
 
 ROOT = Path(__file__).resolve().parents[1]

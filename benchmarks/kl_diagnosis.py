@@ -23,10 +23,11 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from pdserve.pipeline.dataset import read_label_list  # noqa: E402
-from pdserve.pipeline.evaluate import LocalModel  # noqa: E402
-from pdserve.pipeline.ptq import BOUNDED_OUTPUTS, Recipe, thresholds  # noqa: E402
+from pdserve.pipeline.local import LocalModel  # noqa: E402
+from pdserve.pipeline.quantization.calibration import thresholds  # noqa: E402
+from pdserve.pipeline.quantization.recipe import BOUNDED_OUTPUTS, Recipe  # noqa: E402
+from pdserve.pipeline.quantization.search import Search, quiet_paddle  # noqa: E402
 from pdserve.pipeline.sample import sample_dir  # noqa: E402
-from pdserve.pipeline.search import Search, quiet_paddle  # noqa: E402
 
 
 def main() -> int:

@@ -22,11 +22,12 @@ os.environ.setdefault("FLAGS_enable_pir_api", "0")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pdserve.pipeline.dataset import PipelineError, read_label_list  # noqa: E402
-from pdserve.pipeline.evaluate import LocalModel  # noqa: E402
-from pdserve.pipeline.ptq import Recipe  # noqa: E402
+from pdserve.pipeline.dataset import read_label_list  # noqa: E402
+from pdserve.pipeline.errors import PipelineError  # noqa: E402
+from pdserve.pipeline.local import LocalModel  # noqa: E402
+from pdserve.pipeline.quantization.recipe import Recipe  # noqa: E402
+from pdserve.pipeline.quantization.search import Search, quiet_paddle  # noqa: E402
 from pdserve.pipeline.sample import sample_dir  # noqa: E402
-from pdserve.pipeline.search import Search, quiet_paddle  # noqa: E402
 
 INT8 = ROOT / "model_repo" / "efficientnet_lite0_int8"
 

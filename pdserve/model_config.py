@@ -117,9 +117,10 @@ class Quantization(_Section):
 
 class ModelConfig(_Section):
     description: str = ""
-    kind: Literal["image", "tensor"] = Field(
+    kind: str = Field(
         "image",
-        description="image: an image classifier fed encoded images (input, preprocessing, output apply). "
+        description="What the model takes and answers, one of pdserve.kinds.KINDS (checked when the repository "
+        "is read). image: an image classifier fed encoded images (input, preprocessing, output apply). "
         "tensor: any Paddle inference model, fed named tensors over the v2 protocol; its inputs and outputs "
         "are read from the model itself.",
     )

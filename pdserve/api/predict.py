@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi.responses import JSONResponse
 
 from pdserve.api.accounting import Accounted, unless_disconnected
 from pdserve.api.auth import ApiKey
 from pdserve.api.deps import Service
 from pdserve.api.inputs import BodyLimits, check_media_type, read_images
-from pdserve.api.schemas import BatchPredictResponse, ErrorResponse, ImageResult, PredictResponse
+from pdserve.api.schemas import BatchPredictResponse, ErrorResponse, PredictResponse
 from pdserve.service import InferenceService, ModelVersion
 
 router = APIRouter(tags=["inference"])
@@ -99,14 +100,12 @@ _BODY = {
 }
 
 
-def _response(
-    target: ModelVersion, results: list[dict[str, Any]], many: bool
-) -> PredictResponse | BatchPredictResponse:
+def _response(target: ModelVersion, results: list[dict[str, Any]], many: bool) -> JSONResponse:
+    """The kind's JSON per image (classes for the image kind: ``PredictResponse``), sent as it is:
+    a new kind's answer needs no schema here to be served."""
     if many:
-        return BatchPredictResponse(
-            model=target.name, version=target.version, results=[ImageResult.model_validate(r) for r in results]
-        )
-    return PredictResponse.model_validate({"model": target.name, "version": target.version, **results[0]})
+        return JSONResponse({"model": target.name, "version": target.version, "results": results})
+    return JSONResponse({"model": target.name, "version": target.version, **results[0]})
 
 
 async def _predict(
@@ -116,7 +115,7 @@ async def _predict(
     version: int | None,
     top_k: int,
     timeout_ms: int | None,
-) -> PredictResponse | BatchPredictResponse:
+) -> JSONResponse:
     settings = service.settings
     with Accounted(service) as accounted:
         service.lifecycle.check_accepting()
@@ -146,7 +145,7 @@ async def predict(
     version: VersionQuery = None,
     top_k: TopK = 5,
     timeout_ms: TimeoutHeader = None,
-) -> PredictResponse | BatchPredictResponse:
+) -> JSONResponse:
     """Post an image as multipart ``file`` (repeat it for several), as the raw body, or as
     ``{"image": "<base64>"}``; get the ``top_k`` classes, best first."""
     return await _predict(request, service, model, version, top_k, timeout_ms)
@@ -167,6 +166,6 @@ async def predict_model(
     version: VersionQuery = None,
     top_k: TopK = 5,
     timeout_ms: TimeoutHeader = None,
-) -> PredictResponse | BatchPredictResponse:
+) -> JSONResponse:
     """Same as ``POST /predict?model=<name>``."""
     return await _predict(request, service, name, version, top_k, timeout_ms)

@@ -14,7 +14,7 @@ import numpy as np
 from pdserve.gpu_metrics import GpuMonitor
 from pdserve.kinds.image import top_k
 from pdserve.pipeline.dataset import Sample
-from pdserve.pipeline.evaluate import LocalModel
+from pdserve.pipeline.local import LocalModel
 from pdserve.preprocess import load_and_preprocess
 
 
@@ -137,7 +137,7 @@ def bench_model(
     return reports
 
 
-def format_report(reports: list[dict[str, Any]]) -> str:
+def format_bench_report(reports: list[dict[str, Any]]) -> str:
     """The first report's environment, then one block per model and batch size."""
     if not reports:
         return "no results"

@@ -13,9 +13,10 @@ from typing import Any
 import yaml
 
 from pdserve.model_config import CONFIG_FILE
-from pdserve.pipeline.dataset import PipelineError, Sample, batches, load_images
-from pdserve.pipeline.evaluate import LocalModel
+from pdserve.pipeline.dataset import Sample, batches, load_images
+from pdserve.pipeline.errors import PipelineError
 from pdserve.pipeline.export import write_config
+from pdserve.pipeline.local import LocalModel
 
 
 def require_cuda() -> None:

@@ -16,23 +16,11 @@ import numpy as np
 
 from pdserve.errors import PdserveError
 from pdserve.model_config import Preprocessing
+from pdserve.pipeline.errors import PipelineError
 from pdserve.preprocess import load_and_preprocess
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 MAX_PIXELS = 10**9
-
-
-class PipelineError(PdserveError):
-    """A user error in an offline command: a clear message and exit code 2."""
-
-    code = "pipeline_error"
-    exit_code = 2
-
-
-class GateFailed(PipelineError):
-    """A quality gate said no (``evaluate --max-drop``): exit code 1, as a failed check."""
-
-    exit_code = 1
 
 
 @dataclass(frozen=True)

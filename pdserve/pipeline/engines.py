@@ -21,8 +21,9 @@ import numpy as np
 
 from pdserve.errors import PdserveError
 from pdserve.model_config import ModelConfig
-from pdserve.pipeline.dataset import PipelineError, Sample, load_images
-from pdserve.pipeline.evaluate import LocalModel
+from pdserve.pipeline.dataset import Sample, load_images
+from pdserve.pipeline.errors import PipelineError
+from pdserve.pipeline.local import LocalModel
 from pdserve.repository import Overrides, model_folders, scan_model
 from pdserve.runtime.predictor_config import (
     SHAPE_FILE,

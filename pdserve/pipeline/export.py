@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from pdserve.model_config import CONFIG_FILE, Preprocessing, version_folders
-from pdserve.pipeline.dataset import PipelineError
+from pdserve.pipeline.errors import PipelineError
 
 EFFICIENTNET_PREPROCESSING = Preprocessing(mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0))
 

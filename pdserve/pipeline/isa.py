@@ -67,8 +67,8 @@ def predict_under(isa: str, model_dir: Path, images: Path, threads: int) -> np.n
 
 
 def main(argv: list[str] | None = None) -> None:
-    from pdserve.pipeline.evaluate import LocalModel, predict_timed
-    from pdserve.pipeline.search import EVAL_BATCH, onednn_report_hidden
+    from pdserve.pipeline.local import LocalModel, predict_timed
+    from pdserve.pipeline.quantization.search import EVAL_BATCH, onednn_report_hidden
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model_dir", type=Path)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pdserve.pipeline.dataset import PipelineError
+from pdserve.pipeline.errors import PipelineError
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout
 MODEL_REPO = ROOT / "model_repo"

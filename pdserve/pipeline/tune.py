@@ -34,7 +34,8 @@ import yaml
 
 from pdserve.model_config import CONFIG_FILE, load_model_config, version_folders
 from pdserve.pipeline.bench import cpu_name
-from pdserve.pipeline.dataset import PipelineError, progress_bar
+from pdserve.pipeline.dataset import progress_bar
+from pdserve.pipeline.errors import PipelineError
 from pdserve.pipeline.loadgen import Request, Target, closed_loop, percentile, run
 from pdserve.pipeline.served import Served
 
@@ -46,7 +47,7 @@ TUNED_COMMENT = "# Written by pdserve tune: what chose the settings above, measu
 
 
 @dataclass(frozen=True)
-class Candidate:
+class ServingCandidate:
     instances: int
     cpu_threads: int
     max_batch_size: int
@@ -66,7 +67,7 @@ class Candidate:
 
 @dataclass
 class Measurement:
-    candidate: Candidate
+    candidate: ServingCandidate
     stage: str
     ok: bool = False
     reason: str = ""
@@ -180,7 +181,7 @@ class Tuner:
 
     # ---- one candidate ------------------------------------------------------------------------
     @contextmanager
-    def _serving(self, candidate: Candidate) -> Iterator[Served]:
+    def _serving(self, candidate: ServingCandidate) -> Iterator[Served]:
         repo = Path(tempfile.mkdtemp(prefix="pdserve-tune-"))
         try:
             folder = repo / self.name
@@ -227,7 +228,7 @@ class Tuner:
                 answers.append(int(r.json()["predictions"][0]["class_id"]))
         return answers
 
-    def measure(self, candidate: Candidate, stage: str) -> Measurement:
+    def measure(self, candidate: ServingCandidate, stage: str) -> Measurement:
         for done in self.results:
             if done.candidate == candidate:
                 return done
@@ -283,7 +284,7 @@ class Tuner:
                 winner = m
         return winner
 
-    def _stage(self, name: str, candidates: list[Candidate]) -> Measurement | None:
+    def _stage(self, name: str, candidates: list[ServingCandidate]) -> Measurement | None:
         self.log(f"-- {name}: {len(candidates)} candidates")
         with progress_bar(len(candidates), f"tune: {name}") as bar:
             for candidate in candidates:
@@ -293,7 +294,7 @@ class Tuner:
 
     def search(self) -> Measurement | None:
         c, o = self.config, self.options
-        current = Candidate(c.instances, c.cpu_threads, c.max_batch_size, c.max_queue_delay_ms, c.engine)
+        current = ServingCandidate(c.instances, c.cpu_threads, c.max_batch_size, c.max_queue_delay_ms, c.engine)
         self.log(f"tuning {self.name} for {self._goal_text()} on {o.cores} cores; as configured: {current.name}")
         self.measure(current, "as configured")  # the reference answers come from the model as configured
         layouts = list(o.layouts) if o.layouts else layouts_for(o.cores)
@@ -359,7 +360,7 @@ def _line(m: Measurement) -> str:
     )
 
 
-def format_report(report: dict[str, Any]) -> str:
+def format_tune_report(report: dict[str, Any]) -> str:
     lines = [f"pdserve tune {report['model']}: {report['goal_text']}", ""]
     lines.append("| candidate | stage | requests/s | p50 ms | p99 ms | CPU ms/img | RSS MiB | note |")
     lines.append("| --- | --- | --- | --- | --- | --- | --- | --- |")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pdserve.errors import ModelConfigError
+from pdserve.kinds import KINDS
 from pdserve.model_config import ModelConfig, load_model_config, version_folders
 from pdserve.repository.version import ModelState, ModelVersion
 from pdserve.runtime.predictor_config import find_model_files, missing_model_files
@@ -119,6 +120,10 @@ def model_folders(root: Path) -> list[Path]:
 def scan_model(model_dir: Path, overrides: Overrides, quiet: bool = False) -> ModelEntry:
     try:
         config = overrides.apply(load_model_config(model_dir))
+        if config.kind not in KINDS:
+            raise ModelConfigError(
+                f"{model_dir / 'config.yaml'}: field 'kind': unknown model kind {config.kind!r}; kinds: {sorted(KINDS)}"
+            )
         labels = _read_labels(model_dir, config)
         dirs = _version_dirs(model_dir, config)
     except ModelConfigError as exc:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from pdserve.model_config import load_model_config
-from pdserve.pipeline.evaluate import LocalModel
+from pdserve.pipeline.local import LocalModel
 from pdserve.preprocess import load_and_preprocess
 from tests.helpers import ROOT, running_app, sample_list
 

@@ -131,8 +131,8 @@ def test_a_model_runs_under_a_restricted_isa_in_a_child_process(tmp_path: Path) 
     import numpy as np
 
     from pdserve.pipeline.dataset import Sample, load_images
-    from pdserve.pipeline.evaluate import LocalModel, predict_timed
     from pdserve.pipeline.isa import predict_under
+    from pdserve.pipeline.local import LocalModel, predict_timed
 
     model = LocalModel.open(MODEL_REPO / DEFAULT_MODEL)
     images = load_images([Sample(p, label) for p, label in sample_list(4)], model.config.preprocessing)

@@ -5,7 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pdserve.pipeline.dataset import PipelineError, read_binary, read_folder, read_label_list, write_binary
+from pdserve.pipeline.dataset import read_binary, read_folder, read_label_list, write_binary
+from pdserve.pipeline.errors import PipelineError
 
 
 def test_label_list_paths_are_relative_to_the_list(tmp_path: Path) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pdserve.pipeline.dataset import PipelineError
-from pdserve.pipeline.ptq import Layer, Recipe, Statistics, kl_threshold, thresholds
-from pdserve.pipeline.search import Candidate
+from pdserve.pipeline.errors import PipelineError
+from pdserve.pipeline.quantization.calibration import Layer, Statistics, kl_threshold, thresholds
+from pdserve.pipeline.quantization.recipe import Recipe
+from pdserve.pipeline.quantization.search import RecipeCandidate
 
 
 def test_recipe_names_round_trips_and_validation() -> None:
@@ -68,9 +69,9 @@ def test_thresholds_per_algorithm_from_one_set_of_statistics() -> None:
         thresholds(stats, Recipe(algo="KL", batch_nums=1))
 
 
-def _candidate(name: str, drop: float, divergence: float, fp32: int = 0, target: float = 0.5) -> Candidate:
+def _candidate(name: str, drop: float, divergence: float, fp32: int = 0, target: float = 0.5) -> RecipeCandidate:
     recipe = Recipe(algo="hist", fp32_layers=tuple(f"{name}{i}" for i in range(fp32)))
-    return Candidate(recipe, "x", 0.9, 0.98, 0.97, 0, 0, divergence, 100.0, drop, drop <= target, 1.0)
+    return RecipeCandidate(recipe, "x", 0.9, 0.98, 0.97, 0, 0, divergence, 100.0, drop, drop <= target, 1.0)
 
 
 def test_ranking_prefers_meeting_the_target_then_fewer_fp32_layers_then_divergence() -> None:
@@ -79,5 +80,7 @@ def test_ranking_prefers_meeting_the_target_then_fewer_fp32_layers_then_divergen
     meets_with_fallback = _candidate("c", 0.0, 0.001, fp32=2)
     meets_lower_divergence = _candidate("d", 0.0, 0.002)
     meets = _candidate("e", 0.0, 0.003)
-    ranked = sorted([misses_far, meets, misses_close, meets_with_fallback, meets_lower_divergence], key=Candidate.rank)
+    ranked = sorted(
+        [misses_far, meets, misses_close, meets_with_fallback, meets_lower_divergence], key=RecipeCandidate.rank
+    )
     assert ranked == [meets_lower_divergence, meets, meets_with_fallback, misses_close, misses_far]

@@ -5,13 +5,21 @@ from __future__ import annotations
 import yaml
 
 from pdserve.model_config import ModelConfig
-from pdserve.pipeline.tune import Candidate, Measurement, TuneOptions, better, layouts_for, meets, update_config_text
+from pdserve.pipeline.tune import (
+    Measurement,
+    ServingCandidate,
+    TuneOptions,
+    better,
+    layouts_for,
+    meets,
+    update_config_text,
+)
 
-BASE = Candidate(2, 1, 8, 0.0)
+BASE = ServingCandidate(2, 1, 8, 0.0)
 
 
 def measured(rps: float, p50: float, p99: float, ok: bool = True, **changes: object) -> Measurement:
-    return Measurement(Candidate(**{**BASE.settings(), **changes}), "stage", ok, "", rps, p50, p99)
+    return Measurement(ServingCandidate(**{**BASE.settings(), **changes}), "stage", ok, "", rps, p50, p99)
 
 
 def test_layouts_use_every_core() -> None:
@@ -51,7 +59,7 @@ def test_config_is_rewritten_in_place_with_comments_kept_and_a_tuned_block() -> 
         "tuned:\n  date: old\n  measured:\n    requests_per_s: 1\n"
         "max_queue_size: 32\n"
     )
-    settings = Candidate(1, 2, 16, 2.0, "openvino").settings()
+    settings = ServingCandidate(1, 2, 16, 2.0, "openvino").settings()
     out = update_config_text(text, settings, {"date": "new", "measured": {"requests_per_s": 118.8}})
     assert "# a model\n" in out
     assert "# two single-threaded workers\ninstances: 1\ncpu_threads: 2\nmax_batch_size: 16\n" in out

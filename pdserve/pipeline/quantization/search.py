@@ -19,7 +19,6 @@ points of top-1). Those missing it by drop, then divergence.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -33,12 +32,15 @@ from typing import Any
 
 import numpy as np
 
-from pdserve.pipeline import ptq
-from pdserve.pipeline.dataset import PipelineError, Sample, load_images, progress_bar
-from pdserve.pipeline.evaluate import LocalModel, predict_timed, score
+from pdserve.pipeline.dataset import Sample, load_images, progress_bar
+from pdserve.pipeline.errors import PipelineError
+from pdserve.pipeline.evaluate import score
 from pdserve.pipeline.export import write_config
 from pdserve.pipeline.isa import distinct_isas, predict_under
-from pdserve.pipeline.ptq import Recipe, Statistics
+from pdserve.pipeline.local import LocalModel, predict_timed
+from pdserve.pipeline.quantization import calibration
+from pdserve.pipeline.quantization.calibration import Statistics
+from pdserve.pipeline.quantization.recipe import ALGOS, SAMPLING_ALGOS, Recipe
 
 HIST_PERCENTS = (0.999, 0.9999, 0.99999)
 # Algorithms are compared as Paddle runs them (batch norm not folded); folding is an option after.
@@ -48,7 +50,7 @@ EVAL_BATCH = 8
 
 
 @dataclass
-class Candidate:
+class RecipeCandidate:
     recipe: Recipe
     stage: str
     top1: float
@@ -89,6 +91,23 @@ class Sensitivity:
     top1: float
 
 
+@dataclass(frozen=True)
+class SearchOptions:
+    """What ``pdserve quantize --target-drop`` searches with (``quantize_repository_model``)."""
+
+    evaluation: list[Sample]  # labelled images to choose on, never the calibration images
+    evaluation_source: str  # where they came from, for the report
+    target_drop: float  # points of top-1 below FP32 a recipe may lose
+    algos: tuple[str, ...] = ALGOS
+    max_fallback: int = 10  # most layers to keep in FP32 (0: no sensitivity analysis)
+    time_budget_s: float | None = None
+    threads: int = 2
+    isas: tuple[str, ...] = ("AVX2",)  # oneDNN instruction sets to measure under (isa.py)
+    cache_dir: Path | None = None  # calibration statistics reused across runs
+    report_dir: Path | None = None  # default: OUTPUT/search
+    sensitivity: bool = False  # analyse layers even when a recipe meets the target
+
+
 @dataclass
 class SearchResult:
     target_drop: float
@@ -96,9 +115,9 @@ class SearchResult:
     fp32_top5: float
     fp32_images_per_s: float
     images: int
-    candidates: list[Candidate] = field(default_factory=list)
+    candidates: list[RecipeCandidate] = field(default_factory=list)
     sensitivity: list[Sensitivity] = field(default_factory=list)
-    chosen: Candidate | None = None
+    chosen: RecipeCandidate | None = None
     met: bool = False
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -279,7 +298,7 @@ class Search:
     # -- statistics ---------------------------------------------------------------------------------
 
     def statistics(self, recipe: Recipe) -> Statistics:
-        kind = recipe.algo if recipe.algo in ptq.SAMPLING_ALGOS else "hist"
+        kind = recipe.algo if recipe.algo in SAMPLING_ALGOS else "hist"
         # abs_max and avg over fewer batches are prefixes of the full statistics.
         nums = self.batch_nums if recipe.algo in ("abs_max", "avg") else (recipe.batch_nums or self.batch_nums)
         key = (recipe.fuse_bn, kind, nums)
@@ -289,15 +308,15 @@ class Search:
         src = self.fp32.version_dir
         cached = None
         if self.cache_dir is not None:
-            digest = ptq.fingerprint(src, names, self.batch_size, nums, kind, recipe.fuse_bn)
+            digest = calibration.fingerprint(src, names, self.batch_size, nums, kind, recipe.fuse_bn)
             cached_path = self.cache_dir / f"{digest}.pkl"
-            cached = ptq.load_cached(cached_path)
+            cached = calibration.load_cached(cached_path)
         if cached is None:
             self._check_time()
             folded = ", batch norm folded" if recipe.fuse_bn else ""
             what = f"calibrating ({kind}{folded}, {nums * self.batch_size} images)"
             with progress_bar(nums, what) as bar:  # the sampling pass, batch by batch
-                cached = ptq.collect(
+                cached = calibration.collect(
                     src,
                     self._batches(nums),
                     self.batch_size,
@@ -307,7 +326,7 @@ class Search:
                     progress=lambda _: bar.update(1),
                 )
             if self.cache_dir is not None:
-                ptq.save_cached(cached_path, cached)
+                calibration.save_cached(cached_path, cached)
         self.stats[key] = cached
         return cached
 
@@ -315,9 +334,9 @@ class Search:
 
     def build(self, recipe: Recipe, folder: Path, overrides: dict[str, float] | None = None) -> None:
         stats = self.statistics(recipe)
-        ptq.build(self.fp32.version_dir, folder, stats, recipe, self._batches(), self.batch_size, overrides)
+        calibration.build(self.fp32.version_dir, folder, stats, recipe, self._batches(), self.batch_size, overrides)
 
-    def measure(self, recipe: Recipe, stage: str, overrides: dict[str, float] | None = None) -> Candidate:
+    def measure(self, recipe: Recipe, stage: str, overrides: dict[str, float] | None = None) -> RecipeCandidate:
         self._check_time()
         started = time.perf_counter()
         folder = self.work / f"c{len(self._built)}"
@@ -353,7 +372,7 @@ class Search:
         assert scores.gained is not None
         assert scores.lost is not None
         assert scores.agreement is not None
-        candidate = Candidate(
+        candidate = RecipeCandidate(
             recipe=recipe,
             stage=stage,
             top1=scores.top1,
@@ -372,8 +391,8 @@ class Search:
             self.result.candidates.append(candidate)
         return candidate
 
-    def best(self) -> Candidate | None:
-        return min(self.result.candidates, key=Candidate.rank, default=None)
+    def best(self) -> RecipeCandidate | None:
+        return min(self.result.candidates, key=RecipeCandidate.rank, default=None)
 
     def _try(self, recipes: list[Recipe], stage: str) -> None:
         seen = {c.recipe for c in self.result.candidates}
@@ -397,7 +416,7 @@ class Search:
 
     def run(
         self,
-        algos: tuple[str, ...] = ptq.ALGOS,
+        algos: tuple[str, ...] = ALGOS,
         max_fallback: int = 10,
         options: bool = True,
         always_analyse: bool = False,
@@ -488,75 +507,3 @@ class Search:
 
     def model_files(self, recipe: Recipe) -> Path:
         return self._built[recipe]
-
-
-def format_report(result: SearchResult) -> str:
-    head = f"{'candidate':<36} {'stage':<10} {'top-1':>7} {'top-5':>7} {'drop':>6} {'+/-':>7} {'agree':>7}"
-    head += f" {'KL':>8} {'img/s':>7}"
-    lines = [
-        f"FP32: top-1 {result.fp32_top1:.1%}, top-5 {result.fp32_top5:.1%}, {result.fp32_images_per_s:.1f} img/s "
-        f"on {result.images} evaluation images; target: drop <= {result.target_drop} points",
-        f"measured under: {', '.join(result.isas)} (ranked by the worst of them)",
-        head,
-    ]
-    for c in sorted(result.candidates, key=Candidate.rank):
-        mark = "*" if c is result.chosen else " "
-        lines.append(
-            f"{mark}{c.name:<35} {c.stage:<10} {c.top1:>7.1%} {c.top5:>7.1%} {c.drop:>+6.2f} "
-            f"{f'+{c.gained}/-{c.lost}':>7} {c.agreement:>7.1%} {c.divergence:>8.4f} {c.images_per_s:>7.1f}"
-        )
-    if result.sensitivity:
-        top = sorted(result.sensitivity, key=lambda s: -s.gain)[:10]
-        lines.append("most sensitive layers (KL divergence gained back when kept in FP32 alone):")
-        lines += [f"  {s.layer:<24} {s.op_type:<18} {s.gain:+.4f}" for s in top]
-    verdict = "met" if result.met else "NOT met"
-    chosen = result.chosen.name if result.chosen else "-"
-    lines.append(f"chosen: {chosen}; target {verdict}; {result.seconds:.0f} s")
-    lines += [f"note: {n}" for n in result.notes]
-    return "\n".join(lines)
-
-
-def plot(result: SearchResult, path: Path) -> bool:
-    """Per-layer sensitivity and the accuracy/speed trade-off, as a PNG; False without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5), gridspec_kw={"width_ratios": [3, 2]})
-    if result.sensitivity:
-        chosen = set(result.chosen.recipe.fp32_layers) if result.chosen else set()
-        gains = [s.gain for s in result.sensitivity]
-        colors = ["tab:red" if s.layer in chosen else "tab:blue" for s in result.sensitivity]
-        left.bar(range(len(gains)), gains, color=colors)
-        left.set_xlabel("quantized layer, in program order (red: kept in FP32)")
-        left.set_ylabel("KL divergence gained back (nats)")
-        left.set_title("Layer sensitivity: each layer kept in FP32 alone")
-    else:
-        left.text(0.5, 0.5, "no sensitivity analysis\n(a recipe met the target without it)", ha="center")
-        left.set_axis_off()
-    for c in result.candidates:
-        right.scatter(c.images_per_s, -c.drop, color="tab:green" if c.meets else "tab:gray")
-    if result.chosen is not None:
-        right.scatter(result.chosen.images_per_s, -result.chosen.drop, s=150, facecolors="none", edgecolors="tab:red")
-    right.axhline(-result.target_drop, linestyle="--", color="tab:red", linewidth=1)
-    right.axvline(result.fp32_images_per_s, linestyle=":", color="black", linewidth=1)
-    right.set_xlabel("images/s (predictor.run, batch 8; dotted: FP32)")
-    right.set_ylabel("top-1 change vs FP32 (points; dashed: target)")
-    right.set_title("Candidates: accuracy against speed")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
-
-
-def write_report(result: SearchResult, folder: Path) -> dict[str, str]:
-    folder.mkdir(parents=True, exist_ok=True)
-    files = {"json": folder / "report.json", "table": folder / "report.txt", "png": folder / "sensitivity.png"}
-    files["json"].write_text(json.dumps(result.as_dict(), indent=2) + "\n")
-    files["table"].write_text(format_report(result) + "\n")
-    if not plot(result, files["png"]):
-        del files["png"]
-    return {k: str(v) for k, v in files.items()}

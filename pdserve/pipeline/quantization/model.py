@@ -3,8 +3,8 @@
 Uses Paddle's own ``paddle.static.quantization.PostTrainingQuantization(onnx_format=True)``, which
 was measured to produce the same model as PaddleSlim's ``quant_post_static`` (whose pinned
 dependencies install ``opencv-python==4.6`` and break ``import cv2`` with numpy 2), through
-``pdserve.pipeline.ptq`` (statistics collected once, models built from a :class:`Recipe`). With
-``--target-drop`` the recipe is searched for (``pdserve.pipeline.search``); otherwise it is given.
+``quantization.calibration`` (statistics collected once, models built from a :class:`Recipe`). With
+``--target-drop`` the recipe is searched for (``quantization.search``); otherwise it is given.
 """
 
 from __future__ import annotations
@@ -15,17 +15,21 @@ import platform
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pdserve.model_config import CONFIG_FILE, load_model_config
-from pdserve.pipeline.dataset import MAX_PIXELS, PipelineError, Sample
-from pdserve.pipeline.evaluate import LocalModel, predict_timed
+from pdserve.pipeline.dataset import MAX_PIXELS, Sample
+from pdserve.pipeline.errors import PipelineError
 from pdserve.pipeline.export import next_version, require_legacy_format, write_config
-from pdserve.pipeline.ptq import ALGOS, Recipe
+from pdserve.pipeline.local import LocalModel, predict_timed
+from pdserve.pipeline.quantization.recipe import Recipe
 
-__all__ = ["ALGOS", "CALIBRATION_IMAGES", "Recipe", "quantize_repository_model", "read_recipe"]
+if TYPE_CHECKING:
+    from pdserve.pipeline.quantization.search import SearchOptions
+
+__all__ = ["CALIBRATION_IMAGES", "quantize_repository_model"]
 
 
 def _versions() -> dict[str, str]:
@@ -39,24 +43,6 @@ def _versions() -> dict[str, str]:
 
 
 CALIBRATION_IMAGES = "calibration_images.txt"
-
-
-def read_recipe(path: Path) -> Recipe:
-    """A recipe from JSON: a bare recipe, a search report (its chosen one), or a model's config record."""
-    import yaml
-
-    if not path.is_file():
-        raise PipelineError(f"recipe file {path} not found")
-    doc = yaml.safe_load(path.read_text()) if path.suffix in (".yaml", ".yml") else json.loads(path.read_text())
-    if isinstance(doc, dict) and isinstance(doc.get("chosen"), dict):
-        doc = doc["chosen"]
-    if isinstance(doc, dict) and isinstance(doc.get("calibration"), dict):
-        doc = doc["calibration"]
-    if isinstance(doc, dict) and isinstance(doc.get("recipe"), dict):
-        doc = doc["recipe"]
-    if not isinstance(doc, dict):
-        raise PipelineError(f"{path}: no recipe in it")
-    return Recipe.from_dict(doc)
 
 
 VALIDATION_IMAGES = 32
@@ -126,16 +112,16 @@ def quantize_repository_model(
     recipe: Recipe | None = None,
     batch_size: int = 10,
     batch_nums: int | None = None,
-    search: dict[str, Any] | None = None,
+    search: SearchOptions | None = None,
     recipe_source: str | None = None,
 ) -> dict[str, Any]:
     """Quantize a version of ``model_dir`` into a new model folder (or a new version of it).
 
     Without ``search``, ``recipe`` (default: hist) is applied; with it, the recipe is searched for
-    (keys: evaluation, target_drop, algos, max_fallback, time_budget_s, threads, cache_dir,
-    report_dir) and the chosen candidate is written.
+    and the chosen candidate is written.
     """
-    from pdserve.pipeline.search import Search, format_report, quiet_paddle, write_report
+    from pdserve.pipeline.quantization.report import format_search_report, write_report
+    from pdserve.pipeline.quantization.search import Search, SearchOptions, quiet_paddle
 
     source_model = _source_model(model_dir, version)
     recipe = recipe or Recipe()
@@ -143,39 +129,36 @@ def quantize_repository_model(
     out_version = next_version(output)
     started = time.perf_counter()
     extra: dict[str, Any] = {}
+    options = search or SearchOptions([], "", 0.0)
     with quiet_paddle():
         job = Search(
             source_model,
             samples,
-            (search or {}).get("evaluation", []) or samples[:0],
-            target_drop=(search or {}).get("target_drop", 0.0),
+            options.evaluation,
+            target_drop=options.target_drop,
             batch_size=batch_size,
             batch_nums=batch_nums or recipe.batch_nums,
-            time_budget_s=(search or {}).get("time_budget_s"),
-            threads=(search or {}).get("threads", 2),
-            cache_dir=(search or {}).get("cache_dir"),
+            time_budget_s=options.time_budget_s,
+            threads=options.threads,
+            cache_dir=options.cache_dir,
             evaluate=search is not None,
-            isas=(search or {}).get("isas", ("AVX2",)),
+            isas=options.isas,
         )
         try:
             if search is None:
                 job.build(recipe, output / str(out_version))
             else:
-                result = job.run(
-                    tuple(search.get("algos") or ALGOS),
-                    max_fallback=search.get("max_fallback", 10),
-                    always_analyse=search.get("sensitivity", False),
-                )
+                result = job.run(search.algos, max_fallback=search.max_fallback, always_analyse=search.sensitivity)
                 if result.chosen is None:
                     raise PipelineError("the search built no model; " + "; ".join(result.notes))
                 recipe = result.chosen.recipe
                 shutil.copytree(job.model_files(recipe), output / str(out_version))
-                report_dir = Path(search.get("report_dir") or output / "search")
+                report_dir = search.report_dir or output / "search"
                 extra = {
                     "search": {
                         "target_drop": result.target_drop,
                         "met": result.met,
-                        "evaluation": search.get("evaluation_source", ""),
+                        "evaluation": search.evaluation_source,
                         "images": result.images,
                         "fp32_top1": round(result.fp32_top1, 4),
                         "top1": round(result.chosen.top1, 4),
@@ -185,7 +168,7 @@ def quantize_repository_model(
                         "candidates": len(result.candidates),
                     },
                     "files": write_report(result, report_dir),
-                    "table": format_report(result),
+                    "table": format_search_report(result),
                 }
         finally:
             job.close()
