@@ -60,11 +60,19 @@ WORKDIR /srv/pdserve
 COPY pyproject.toml Makefile ./
 COPY requirements ./requirements
 COPY scripts/lock_without.py ./scripts/
-RUN make VENV=/opt/venv /opt/venv/.deps
-# Then the package itself, installed (not editable): the final image needs only /opt/venv.
+# Where the build's way to PyPI goes through a TLS-inspecting proxy, pip needs that proxy's CA:
+# `make image` passes the host's PIP_CERT as the build secret pip_cert, mounted for these two steps
+# only, never stored in a layer. Without the secret, pip uses the base image's CA certificates.
+RUN --mount=type=secret,id=pip_cert \
+    if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
+ && make VENV=/opt/venv /opt/venv/.deps
+# Then the package itself, installed (not editable): the final image needs only /opt/venv. (pip
+# fetches the build backend, setuptools, for this step: the secret again.)
 COPY README.md ./
 COPY pdserve ./pdserve
-RUN make VENV=/opt/venv EDITABLE= /opt/venv/.serve
+RUN --mount=type=secret,id=pip_cert \
+    if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
+ && make VENV=/opt/venv EDITABLE= /opt/venv/.serve
 
 FROM ${PYTHON_IMAGE} AS cpu
 # libgomp: OpenMP runtime used by Paddle's CPU kernels. tini: PID 1 that forwards SIGTERM (the
