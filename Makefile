@@ -25,7 +25,7 @@ PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 LOCKS := requirements/serve.txt requirements/dev.txt requirements/bench.txt requirements/paddleslim-side.txt
 
 .PHONY: serve test lint typecheck unit model int8-model int8-search bench clean k8s-validate lock \
-	base-image image image-test
+	base-image image image-test prometheus-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -195,6 +195,11 @@ image:
 # flight, the drain (scripts/image_test.py says what each step proves).
 image-test:
 	$(PYTHON) scripts/image_test.py --image $(IMAGE) $(IMAGE_TEST_ARGS)
+
+# Prometheus (Debian's package) scrapes a live pdserve with deploy/prometheus/prometheus.yml and
+# evaluates every dashboard and alert expression through its HTTP API; promtool checks the files.
+prometheus-check: $(VENV)/.dev
+	$(BIN)/python scripts/check_prometheus.py $(PROMETHEUS_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) $(UV_VENV) bench-results .pytest_cache .mypy_cache .ruff_cache *.egg-info
