@@ -2,9 +2,12 @@
 #   docker build -t pdserve:cpu .                    # default (the last stage): Paddle CPU wheel
 #   docker build --target gpu -t pdserve:gpu .       # Paddle GPU base image with CUDA, cuDNN, TensorRT
 # The install step is the Makefile's, the one `make serve` runs, so image and laptop install alike.
-# No Docker engine runs where pdserve is developed: these images have never been built by the
-# project (hadolint checks this file in CI). See README, "Deploy with Docker".
+# No Docker engine or registry where pdserve is developed: the CPU image is built there with buildah
+# on a base made from Debian's packages (make base-image; make image BASE=localhost/pdserve-base:bookworm)
+# and run by make image-test; the GPU image was never built. See README, "Deploy with Docker".
 
+# The official image, or any Debian 12 with python3 3.11 and venv (make base-image): the build calls
+# python3, and the final stage finds python in /opt/venv/bin, wherever the base keeps its own.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 # Paddle's own GPU image for Paddle 3.3 and CUDA 12.6, as Paddle's docs name it (README, GPU: the
 # sources); Docker Hub mirrors it as paddlepaddle/paddle:<same tag>. CUDA 12.6 needs driver >= 550.
