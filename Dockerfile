@@ -2,9 +2,12 @@
 #   docker build -t pdserve:cpu .                    # default (the last stage): Paddle CPU wheel
 #   docker build --target gpu -t pdserve:gpu .       # Paddle GPU base image with CUDA, cuDNN, TensorRT
 # The install step is the Makefile's, the one `make serve` runs, so image and laptop install alike.
-# No Docker engine runs where pdserve is developed: these images have never been built by the
-# project (hadolint checks this file in CI). See README, "Deploy with Docker".
+# No Docker engine or registry where pdserve is developed: the CPU image is built there with buildah
+# on a base made from Debian's packages (make base-image; make image BASE=localhost/pdserve-base:bookworm)
+# and run by make image-test; the GPU image was never built. See README, "Deploy with Docker".
 
+# The official image, or any Debian 12 with python3 3.11 and venv (make base-image): the build calls
+# python3, and the final stage finds python in /opt/venv/bin, wherever the base keeps its own.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 # Paddle's own GPU image for Paddle 3.3 and CUDA 12.6, as Paddle's docs name it (README, GPU: the
 # sources); Docker Hub mirrors it as paddlepaddle/paddle:<same tag>. CUDA 12.6 needs driver >= 550.
@@ -60,11 +63,19 @@ WORKDIR /srv/pdserve
 COPY pyproject.toml Makefile ./
 COPY requirements ./requirements
 COPY scripts/lock_without.py ./scripts/
-RUN make VENV=/opt/venv /opt/venv/.deps
-# Then the package itself, installed (not editable): the final image needs only /opt/venv.
+# Where the build's way to PyPI goes through a TLS-inspecting proxy, pip needs that proxy's CA:
+# `make image` passes the host's PIP_CERT as the build secret pip_cert, mounted for these two steps
+# only, never stored in a layer. Without the secret, pip uses the base image's CA certificates.
+RUN --mount=type=secret,id=pip_cert \
+    if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
+ && make VENV=/opt/venv /opt/venv/.deps
+# Then the package itself, installed (not editable): the final image needs only /opt/venv. (pip
+# fetches the build backend, setuptools, for this step: the secret again.)
 COPY README.md ./
 COPY pdserve ./pdserve
-RUN make VENV=/opt/venv EDITABLE= /opt/venv/.serve
+RUN --mount=type=secret,id=pip_cert \
+    if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
+ && make VENV=/opt/venv EDITABLE= /opt/venv/.serve
 
 FROM ${PYTHON_IMAGE} AS cpu
 # libgomp: OpenMP runtime used by Paddle's CPU kernels. tini: PID 1 that forwards SIGTERM (the

@@ -24,7 +24,8 @@ PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 # lock without paddlepaddle and then paddlepaddle-gpu from Paddle's index.
 LOCKS := requirements/serve.txt requirements/dev.txt requirements/bench.txt requirements/paddleslim-side.txt
 
-.PHONY: serve test lint typecheck unit model int8-model int8-search bench clean k8s-validate lock
+.PHONY: serve test lint typecheck unit model int8-model int8-search bench clean k8s-validate lock \
+	base-image image image-test prometheus-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -160,6 +161,45 @@ $(BENCH_VENV)/.stamp: pyproject.toml Makefile requirements/bench.txt
 
 bench: $(VENV)/.dev $(BENCH_VENV)/.stamp
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+# Images (README, "Deploy with Docker"). make image builds the Dockerfile's CPU image with whichever
+# builder is here: docker when its daemon answers, else buildah, else podman (both with chroot
+# isolation and the host's network: RUN steps install the locks from PyPI). BASE is the Python base
+# image (the Dockerfile's PYTHON_IMAGE); where no registry is reachable, make base-image builds a
+# stand-in from Debian's packages (mmdebstrap) and make image BASE=$(LOCAL_BASE) uses it.
+IMAGE ?= pdserve:cpu
+LOCAL_BASE := localhost/pdserve-base:bookworm
+BASE ?= python:3.11-slim-bookworm
+BUILDER ?= $(shell if docker info >/dev/null 2>&1; then echo docker; \
+	elif command -v buildah >/dev/null; then echo buildah; elif command -v podman >/dev/null; then echo podman; fi)
+ISOLATION ?= chroot
+BUILD_FLAGS_docker :=
+BUILD_FLAGS_buildah := bud --isolation $(ISOLATION) --network host --format docker --layers
+BUILD_FLAGS_podman := build --isolation $(ISOLATION) --network host --format docker --layers
+
+base-image:
+	scripts/base_image.sh $(LOCAL_BASE) $(BUILDER)
+
+# PIP_CERT (pip's own variable, often set where a proxy inspects TLS) reaches pip in the build as a
+# secret, not a layer (Dockerfile, cpu-build).
+comma := ,
+SECRET_FLAGS := $(if $(wildcard $(PIP_CERT)),--secret id=pip_cert$(comma)src=$(PIP_CERT))
+
+image:
+	@test -n "$(BUILDER)" || { echo "no image builder: install docker, buildah or podman"; exit 1; }
+	$(BUILDER) $(or $(BUILD_FLAGS_$(BUILDER)),build) --target cpu --build-arg PYTHON_IMAGE=$(BASE) \
+		$(SECRET_FLAGS) -t $(IMAGE) .
+
+# Starts the image's own entrypoint (docker run where a daemon answers, else the image's root with
+# buildah run --isolation chroot), then: /readyz, a prediction, /metrics, SIGTERM with requests in
+# flight, the drain (scripts/image_test.py says what each step proves).
+image-test:
+	$(PYTHON) scripts/image_test.py --image $(IMAGE) $(IMAGE_TEST_ARGS)
+
+# Prometheus (Debian's package) scrapes a live pdserve with deploy/prometheus/prometheus.yml and
+# evaluates every dashboard and alert expression through its HTTP API; promtool checks the files.
+prometheus-check: $(VENV)/.dev
+	$(BIN)/python scripts/check_prometheus.py $(PROMETHEUS_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) $(UV_VENV) bench-results .pytest_cache .mypy_cache .ruff_cache *.egg-info
