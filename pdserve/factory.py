@@ -9,7 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import FastAPI
 
-from pdserve.api import health, models, predict
+from pdserve.api import health, models, paddlex, predict
 from pdserve.api.errors import register_error_handlers
 from pdserve.api.openapi import install_openapi
 from pdserve.api.v2 import inference as v2_inference
@@ -66,6 +66,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.service = service
     register_error_handlers(app)
     install_openapi(app)
-    for module in (predict, models, health, v2_repository, v2_metadata, v2_inference):
+    for module in (predict, models, health, v2_repository, v2_metadata, v2_inference, paddlex):
         app.include_router(module.router)
     return app

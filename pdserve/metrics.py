@@ -82,6 +82,13 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.padded_pixels = Counter(
+            "pdserve_padded_pixels",
+            "Pipeline kinds: pixels of the inputs they batch (kind ocr: recognition lines padded to their width "
+            "bucket), by what: padding or all. Waste = padding / all.",
+            ["model", "what"],
+            registry=r,
+        )
         self.int8_agreement = Gauge(
             "pdserve_int8_validation_agreement",
             "INT8 models: top-1 agreement with FP32 on the version's validation set, as run by its workers here.",

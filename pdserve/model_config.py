@@ -115,6 +115,45 @@ class Quantization(_Section):
     )
 
 
+class Ocr(_Section):
+    """``kind: ocr``: PaddleOCR's pipeline over three models of the repository. Defaults are PaddleOCR's
+    (tools/infer/utility.py for PP-OCRv4); RapidOCR's differ (limit_side_len 736 min, box_thresh 0.5,
+    unclip_ratio 1.6, dilation, det mean/std 0.5)."""
+
+    det_model: str = Field("ppocr_v4_det", description="Text detection (DB) model of the repository, kind tensor.")
+    cls_model: str | None = Field(
+        "ppocr_mobile_v2_cls", description="Text direction (0/180 degrees) model; null: no direction step."
+    )
+    rec_model: str = Field("ppocr_v4_rec", description="Text recognition (CTC) model of the repository, kind tensor.")
+    dictionary: str = Field("ppocr_keys_v1.txt", description="Recognition characters, one a line, in the model folder.")
+    use_space_char: bool = Field(True, description="The recogniser's last class is a space.")
+    det_limit_side_len: PositiveInt = 960
+    det_limit_type: Literal["max", "min"] = Field(
+        "max", description="max: shrink so the longer side is at most det_limit_side_len; min: grow the shorter."
+    )
+    det_mean: tuple[float, float, float] = Field((0.485, 0.456, 0.406), description="On 0..1 pixels, BGR order.")
+    det_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    det_bucket: PositiveInt = Field(
+        32,
+        description="Detection inputs are padded up to multiples of this (32: no padding beyond the model's own), "
+        "so that images of nearby sizes share a shape and batch together.",
+    )
+    det_db_thresh: float = Field(0.3, description="Pixels of the probability map above this are text.")
+    det_db_box_thresh: float = Field(0.6, description="Boxes whose mean probability is below this are dropped.")
+    det_db_unclip_ratio: float = Field(1.5, description="How far a text region is grown back out.")
+    det_max_candidates: PositiveInt = 1000
+    det_use_dilation: bool = False
+    cls_image_shape: tuple[PositiveInt, PositiveInt, PositiveInt] = (3, 48, 192)
+    cls_thresh: float = Field(0.9, description="A line is turned 180 degrees when the classifier is this sure.")
+    rec_image_height: PositiveInt = 48
+    rec_widths: tuple[PositiveInt, ...] = Field(
+        (160, 320, 480, 640, 960, 1280),
+        description="Width buckets: a line is resized to rec_image_height and padded up to the next bucket "
+        "(wider lines are squeezed into the last), so lines from all requests batch by bucket.",
+    )
+    drop_score: float = Field(0.5, description="Lines recognised with a lower score are left out.")
+
+
 class ModelConfig(_Section):
     description: str = ""
     kind: str = Field(
@@ -175,6 +214,7 @@ class ModelConfig(_Section):
     random_weights: bool = Field(False, description="True when the weights are untrained (exported for tests).")
     tensorrt: TensorRT = TensorRT()
     quantization: Quantization = Quantization()
+    ocr: Ocr | None = Field(None, description="kind ocr: its stages, thresholds and limits.")
     tuned: dict[str, Any] | None = Field(
         None, description="Written by pdserve tune: the goal, machine, load and measurement that chose these settings."
     )

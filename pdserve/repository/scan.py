@@ -75,10 +75,11 @@ def _version_dirs(model_dir: Path, config: ModelConfig) -> dict[int, Path]:
     found = version_folders(model_dir)
     if not found:
         raise ModelConfigError(f"{model_dir}: no version folder (expected {model_dir}/1/model.pdmodel)")
-    for _version, path in found.items():
-        missing = missing_model_files(path)
-        if missing:
-            raise ModelConfigError(missing)
+    if not KINDS[config.kind].stages(config):  # a pipeline kind's versions hold no program
+        for _version, path in found.items():
+            missing = missing_model_files(path)
+            if missing:
+                raise ModelConfigError(missing)
     if config.versions == "latest":
         return {max(found): found[max(found)]}
     if config.versions == "all":

@@ -11,16 +11,19 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pdserve.admission import ModelAdmission
 from pdserve.batching import BatchPolicy, DynamicBatcher
-from pdserve.errors import PdserveError
+from pdserve.errors import ModelLoadError, ModelNotReady, PdserveError
 from pdserve.kinds import kind_of
-from pdserve.kinds.base import ModelKind
+from pdserve.kinds.base import Feeds, ModelKind, Stage
 from pdserve.metrics import Metrics
 from pdserve.model_config import ModelConfig
 from pdserve.repository.observers import BatchMetrics, PoolMetrics
@@ -45,11 +48,37 @@ class ModelState(StrEnum):
 
 @dataclass(frozen=True)
 class Serving:
-    """What a loaded version runs on: its workers, its batcher and its admission, made together."""
+    """What a loaded version runs on: its workers (none for a pipeline kind), its batcher and its
+    admission, made together."""
 
-    pool: WorkerPool
+    pool: WorkerPool | None
     batcher: DynamicBatcher[Any, Any]
     admission: ModelAdmission
+
+
+# The servable version of a model of the repository, by name (``ModelRepository.get``).
+Resolve = Callable[[str], "ModelVersion"]
+
+
+def stage_caller(name: str, resolve: Resolve) -> Stage:
+    """A pipeline kind's stage: the named model's current version, through its batcher. Resolved on
+    every call, so a stage model reloads under a pipeline without it noticing."""
+
+    async def call(array: np.ndarray) -> np.ndarray:
+        target = resolve(name)
+        signature = target.signature
+        if target.batcher is None or signature is None:
+            raise ModelNotReady(f"stage model {name!r} is not serving")
+        target.hold()
+        try:
+            outputs: Feeds = await target.batcher.submit({signature.inputs[0].name: array})
+        finally:
+            target.release()
+        if isinstance(outputs, Exception):
+            raise outputs
+        return outputs[signature.outputs[0].name]
+
+    return call
 
 
 class Holds:
@@ -106,7 +135,8 @@ class ModelVersion:
         if not self.loaded:
             return self._phase
         pool = self.pool
-        assert pool is not None
+        if pool is None:  # a pipeline kind: serving once loaded; its stages answer for themselves
+            return ModelState.READY
         if pool.failed:
             return ModelState.FAILED
         healthy = pool.healthy  # a worker that replaced a hung one counts once it has answered
@@ -136,6 +166,11 @@ class ModelVersion:
     @property
     def pool(self) -> WorkerPool | None:
         return self.serving_on.pool if self.serving_on is not None else None
+
+    @property
+    def stages(self) -> dict[str, str]:
+        """Role -> model, for a pipeline kind (``ModelKind.stages``)."""
+        return self.kind.stages(self.config)
 
     @property
     def batcher(self) -> DynamicBatcher[Any, Any] | None:
@@ -196,14 +231,18 @@ class ModelVersion:
     def release(self) -> None:
         self.holds.release()
 
-    async def load(self, metrics: Metrics, workers: WorkerOptions) -> None:
+    async def load(self, metrics: Metrics, workers: WorkerOptions, resolve: Resolve | None = None) -> None:
         """Start the workers and the batcher, in a context of their own: a load through the admin API
-        must not leave that request's id on every later line its workers, supervisor and batcher log."""
+        must not leave that request's id on every later line its workers, supervisor and batcher log.
+        ``resolve`` finds a pipeline kind's stage models."""
         loop = asyncio.get_running_loop()
-        await loop.create_task(self._load(metrics, workers), context=contextvars.Context())
+        await loop.create_task(self._load(metrics, workers, resolve), context=contextvars.Context())
 
-    async def _load(self, metrics: Metrics, workers: WorkerOptions) -> None:
+    async def _load(self, metrics: Metrics, workers: WorkerOptions, resolve: Resolve | None) -> None:
         self._phase = ModelState.LOADING
+        if self.stages:
+            self._load_pipeline(metrics, resolve)
+            return
         pool = WorkerPool(
             self.name, self.path, self.config, workers, self.kind, PoolMetrics(metrics, self.name, self.stats)
         )
@@ -236,8 +275,44 @@ class ModelVersion:
         batcher: DynamicBatcher[Any, Any] = DynamicBatcher(
             pool.infer, policy, BatchMetrics(metrics, self.name, admission, self.stats)
         )
-        self.serving_on = Serving(pool, batcher, admission)
-        batcher.start()
+        self._serve(Serving(pool, batcher, admission))
+
+    def _load_pipeline(self, metrics: Metrics, resolve: Resolve | None) -> None:
+        """A pipeline kind: no workers; its batches run over its stage models' batchers."""
+        if resolve is None:
+            raise ModelLoadError(f"model {self.name!r}: a pipeline kind needs the repository to find its stages")
+        try:
+            pipeline = self.kind.pipeline(self, metrics)
+        except PdserveError as exc:
+            self._phase, self._load_error = ModelState.FAILED, exc.message
+            log.error("model %s version %d failed to load: %s", self.name, self.version, exc.message)
+            return
+        stages = {role: stage_caller(model, resolve) for role, model in self.stages.items()}
+
+        async def run(items: list[Any]) -> list[Any]:
+            return await pipeline.run(items, stages)
+
+        admission_total = metrics.admission
+        admission = ModelAdmission(
+            self.name,
+            self.config.max_queue_size,
+            queued=lambda: self.queue_depth,
+            serving_instances=lambda: self.config.instances,
+            count=lambda reason: admission_total.labels(self.name, reason).inc(),
+        )
+        policy = BatchPolicy(
+            max_batch_size=self.config.max_batch_size,
+            max_delay_s=self.config.max_queue_delay_ms / 1000,
+            concurrency=self.config.instances,  # pipeline batches in flight at once
+        )
+        batcher: DynamicBatcher[Any, Any] = DynamicBatcher(
+            run, policy, BatchMetrics(metrics, self.name, admission, self.stats)
+        )
+        self._serve(Serving(None, batcher, admission))
+
+    def _serve(self, serving: Serving) -> None:
+        self.serving_on = serving
+        serving.batcher.start()
         self._phase = ModelState.READY
         log.info(
             "model %s version %d ready (%d instances)", self.name, self.version, self.config.instances,
@@ -264,6 +339,7 @@ class ModelVersion:
     async def unload(self) -> None:
         if self.serving_on is not None:
             await self.serving_on.batcher.close()
-            await self.serving_on.pool.stop()
+            if self.serving_on.pool is not None:
+                await self.serving_on.pool.stop()
         if self._phase is not ModelState.FAILED:
             self._phase = ModelState.UNLOADED

