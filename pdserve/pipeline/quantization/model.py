@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pdserve.model_config import CONFIG_FILE, load_model_config
+from pdserve.model_config import CONFIG_FILE, ModelConfig, load_model_config
 from pdserve.pipeline.dataset import MAX_PIXELS, Sample
 from pdserve.pipeline.errors import PipelineError
 from pdserve.pipeline.export import next_version, require_legacy_format, write_config
@@ -27,7 +27,7 @@ from pdserve.pipeline.local import LocalModel, predict_timed
 from pdserve.pipeline.quantization.recipe import Recipe
 
 if TYPE_CHECKING:
-    from pdserve.pipeline.quantization.search import SearchOptions
+    from pdserve.pipeline.quantization.search import Search, SearchOptions
 
 __all__ = ["CALIBRATION_IMAGES", "quantize_repository_model"]
 
@@ -120,13 +120,12 @@ def quantize_repository_model(
     Without ``search``, ``recipe`` (default: hist) is applied; with it, the recipe is searched for
     and the chosen candidate is written.
     """
-    from pdserve.pipeline.quantization.report import format_search_report, write_report
     from pdserve.pipeline.quantization.search import Search, SearchOptions, quiet_paddle
 
     source_model = _source_model(model_dir, version)
     recipe = recipe or Recipe()
     output.mkdir(parents=True, exist_ok=True)
-    out_version = next_version(output)
+    version_dir = output / str(next_version(output))
     started = time.perf_counter()
     extra: dict[str, Any] = {}
     options = search or SearchOptions([], "", 0.0)
@@ -146,48 +145,12 @@ def quantize_repository_model(
         )
         try:
             if search is None:
-                job.build(recipe, output / str(out_version))
+                job.build(recipe, version_dir)
             else:
-                result = job.run(search.algos, max_fallback=search.max_fallback, always_analyse=search.sensitivity)
-                if result.chosen is None:
-                    raise PipelineError("the search built no model; " + "; ".join(result.notes))
-                recipe = result.chosen.recipe
-                shutil.copytree(job.model_files(recipe), output / str(out_version))
-                report_dir = search.report_dir or output / "search"
-                extra = {
-                    "search": {
-                        "target_drop": result.target_drop,
-                        "met": result.met,
-                        "evaluation": search.evaluation_source,
-                        "images": result.images,
-                        "fp32_top1": round(result.fp32_top1, 4),
-                        "top1": round(result.chosen.top1, 4),
-                        "drop": result.chosen.drop,
-                        "isas": result.isas,
-                        "per_isa": _per_isa(result.chosen.as_dict(), result.isas),
-                        "candidates": len(result.candidates),
-                    },
-                    "files": write_report(result, report_dir),
-                    "table": format_search_report(result),
-                }
+                recipe, extra = _searched(job, search, version_dir, output)
         finally:
             job.close()
-    used = job.calibration
-    seconds = time.perf_counter() - started
-    record = {
-        "algo": recipe.algo,
-        "recipe": recipe.as_dict(),
-        "images": len(used),
-        "batch_size": batch_size,
-        "batch_nums": job.batch_nums,
-        "onnx_format": True,
-        "source": source,
-        "image_list": CALIBRATION_IMAGES,
-        "from_model": f"{model_dir.name}/{source_model.version}",
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "seconds": round(seconds, 1),
-        "tools": _versions(),
-    }
+    record = _record(recipe, job, source, f"{model_dir.name}/{source_model.version}", time.perf_counter() - started)
     if "search" in extra:
         record["search"] = extra["search"]
     if recipe_source:
@@ -195,8 +158,64 @@ def quantize_repository_model(
         chosen_by = _search_summary(Path(recipe_source))
         if chosen_by is not None:  # rebuilt from a search's report: keep what it was chosen with, per ISA
             record["search"] = chosen_by
-    record["validation"] = write_validation_set(source_model, output / str(out_version), samples)
-    config = source_model.config
+    record["validation"] = write_validation_set(source_model, version_dir, samples)
+    _write_folder(output, model_dir, source_model.config, recipe, record, job.calibration)
+    return {
+        "model_dir": str(output),
+        "version": int(version_dir.name),
+        **record,
+        **{k: v for k, v in extra.items() if k != "search"},
+    }
+
+
+def _searched(job: Search, search: SearchOptions, version_dir: Path, output: Path) -> tuple[Recipe, dict[str, Any]]:
+    """Run the search; copy the chosen candidate's files into ``version_dir``; its summary and report."""
+    from pdserve.pipeline.quantization.report import format_search_report, write_report
+
+    result = job.run(search.algos, max_fallback=search.max_fallback, always_analyse=search.sensitivity)
+    if result.chosen is None:
+        raise PipelineError("the search built no model; " + "; ".join(result.notes))
+    recipe = result.chosen.recipe
+    shutil.copytree(job.model_files(recipe), version_dir)
+    summary = {
+        "target_drop": result.target_drop,
+        "met": result.met,
+        "evaluation": search.evaluation_source,
+        "images": result.images,
+        "fp32_top1": round(result.fp32_top1, 4),
+        "top1": round(result.chosen.top1, 4),
+        "drop": result.chosen.drop,
+        "isas": result.isas,
+        "per_isa": _per_isa(result.chosen.as_dict(), result.isas),
+        "candidates": len(result.candidates),
+    }
+    report_dir = search.report_dir or output / "search"
+    return recipe, {"search": summary, "files": write_report(result, report_dir), "table": format_search_report(result)}
+
+
+def _record(recipe: Recipe, job: Search, source: str, from_model: str, seconds: float) -> dict[str, Any]:
+    """config.yaml's ``calibration``: how the INT8 model was made, with what, when."""
+    return {
+        "algo": recipe.algo,
+        "recipe": recipe.as_dict(),
+        "images": len(job.calibration),
+        "batch_size": job.batch_size,
+        "batch_nums": job.batch_nums,
+        "onnx_format": True,
+        "source": source,
+        "image_list": CALIBRATION_IMAGES,
+        "from_model": from_model,
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "seconds": round(seconds, 1),
+        "tools": _versions(),
+    }
+
+
+def _write_folder(
+    output: Path, model_dir: Path, config: ModelConfig, recipe: Recipe, record: dict[str, Any], used: list[Sample]
+) -> None:
+    """The INT8 model folder's config.yaml (serving settings an operator set are kept), the list of
+    calibration images, and the labels."""
     doc = config.model_dump(mode="json", exclude_none=True)
     fallback = f", {len(recipe.fp32_layers)} layers FP32" if recipe.fp32_layers else ""
     doc.update(
@@ -215,9 +234,3 @@ def quantize_repository_model(
     (output / CALIBRATION_IMAGES).write_text("".join(f"{s.path.name} {s.label}\n" for s in used))
     if config.labels:
         shutil.copyfile(model_dir / config.labels, output / config.labels)
-    return {
-        "model_dir": str(output),
-        "version": out_version,
-        **record,
-        **{k: v for k, v in extra.items() if k != "search"},
-    }
