@@ -90,6 +90,20 @@ class TensorRT(_Section):
     )
 
 
+class OnnxRuntime(_Section):
+    """Settings of ``engine: onnxruntime`` on ``device: gpu:N`` (the CUDA execution provider)."""
+
+    io_binding: bool = Field(
+        True,
+        description="Keep a device buffer per input shape and bind the outputs on the GPU, instead of "
+        "session.run's copies through new buffers on every call.",
+    )
+    cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = Field(
+        "EXHAUSTIVE", description="How cuDNN picks each convolution's algorithm (once per shape, at warm-up)."
+    )
+    use_tf32: bool = Field(True, description="TF32 tensor cores for FP32 matrix work (Ampere and newer).")
+
+
 class Quantization(_Section):
     """How an INT8 version is checked where it loads (``validation.npz`` in its folder, made by
     ``pdserve quantize``): every worker runs the set after warm-up and compares with FP32."""
@@ -129,10 +143,11 @@ class ModelConfig(_Section):
     labels: str | None = Field(None, description="File of class names in class-id order, one a line.")
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
     device: str = Field("cpu", description="'cpu' or 'gpu:N'.")
-    engine: Literal["onednn", "openvino"] = Field(
+    engine: Literal["onednn", "openvino", "onnxruntime"] = Field(
         "onednn",
-        description="CPU inference engine: Paddle's own kernels on oneDNN, or the OpenVINO engine in Paddle's CPU "
-        "wheel (faster at small batches on some models; pdserve tune checks its outputs match before choosing it).",
+        description="Inference engine: Paddle's own kernels (oneDNN on CPU, CUDA/TensorRT on gpu:N), the OpenVINO "
+        "engine in Paddle's CPU wheel, or ONNX Runtime on the version's model.onnx (pdserve convert writes it; CPU, "
+        "or the CUDA/TensorRT execution providers on gpu:N). pdserve tune checks outputs match before choosing one.",
     )
     instances: PositiveInt = Field(1, description="Worker processes, each with its own predictor.")
     cpu_threads: PositiveInt = Field(1, description="Math library threads per instance.")
@@ -173,6 +188,7 @@ class ModelConfig(_Section):
     )
     random_weights: bool = Field(False, description="True when the weights are untrained (exported for tests).")
     tensorrt: TensorRT = TensorRT()
+    onnxruntime: OnnxRuntime = OnnxRuntime()
     quantization: Quantization = Quantization()
     tuned: dict[str, Any] | None = Field(
         None, description="Written by pdserve tune: the goal, machine, load and measurement that chose these settings."

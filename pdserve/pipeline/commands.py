@@ -1,5 +1,5 @@
-"""The offline subcommands of ``pdserve``: export, quantize, evaluate, preprocess, calibrate, collect-shapes,
-build-engines, bench, tune."""
+"""The offline subcommands of ``pdserve``: export, convert, quantize, evaluate, preprocess, calibrate,
+collect-shapes, build-engines, bench, tune."""
 
 from __future__ import annotations
 
@@ -240,6 +240,20 @@ def _bench(args: argparse.Namespace) -> None:
     _emit(args, reports, human)
 
 
+def _convert(args: argparse.Namespace) -> None:
+    from pdserve.pipeline.convert import convert_model, format_report
+
+    result = convert_model(
+        args.model,
+        _samples(args),
+        version=args.version,
+        opset=args.opset,
+        tolerance=args.tolerance,
+        force=args.force,
+    )
+    _emit(args, result, format_report(result))
+
+
 def _tune(args: argparse.Namespace) -> None:
     from pdserve.pipeline.tune import TuneOptions, Tuner, dump, format_report, model_folder
 
@@ -295,6 +309,16 @@ def register(sub: Any) -> None:
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--version", type=int, help="version folder to write (default: the next number)")
     p.add_argument("--no-softmax", action="store_true", help="do not append a softmax")
+
+    p = add("convert", _convert, "write model.onnx into a version folder (paddle2onnx), kept if it matches Paddle")
+    p.add_argument("model", type=Path, help="a model folder, e.g. model_repo/efficientnet_lite0")
+    p.add_argument("--version", type=int, help="version folder (default: newest)")
+    _data_args(p)
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument(
+        "--tolerance", type=float, default=1e-4, help="largest output difference from Paddle to keep an FP32 model"
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing model.onnx")
 
     p = add("quantize", _quantize, "post-training INT8 quantization of a repository model")
     p.add_argument("--model-dir", "--model", type=Path, required=True, help="the fp32 model folder")
@@ -405,7 +429,12 @@ def register(sub: Any) -> None:
     p.add_argument("--clients", type=int, default=16, help="closed-loop clients for the throughput goal")
     p.add_argument("--seconds", type=float, default=10.0, help="load per candidate")
     p.add_argument("--layouts", nargs="+", help="instances x threads to try, e.g. 1x2 2x1 (default: every split)")
-    p.add_argument("--engines", nargs="+", choices=["onednn", "openvino"], help="default: both")
+    p.add_argument(
+        "--engines",
+        nargs="+",
+        choices=["onednn", "openvino", "onnxruntime"],
+        help="default: each this model can run (onnxruntime where the version has model.onnx)",
+    )
     p.add_argument("--batch-sizes", type=int, nargs="+", help="max_batch_size values (default: 1 4 8 16)")
     p.add_argument("--delays-ms", type=float, nargs="+", help="max_queue_delay_ms values (default: 0 2 5)")
     p.add_argument("--cores", type=int, help="cores to plan for (default: those this process may use)")

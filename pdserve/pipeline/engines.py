@@ -93,6 +93,8 @@ def build_engines(repo: Path, overrides: Overrides, models: list[str] | None = N
 def _build(model: str, version: int, version_dir: Path, config: ModelConfig) -> dict[str, Any]:
     result: dict[str, Any] = {"model": model, "version": version, "device": config.device}
     trt = config.tensorrt
+    if config.engine == "onnxruntime":  # its TensorRT provider builds into trt_engine_cache_path on first use
+        return {**result, "status": "skipped", "reason": "engine onnxruntime: no Paddle engines to build"}
     if config.gpu_id is None or not trt.enabled:
         reason = "device cpu" if config.gpu_id is None else "tensorrt.enabled is false"
         return {**result, "status": "skipped", "reason": f"{reason}: no TensorRT engines to build"}

@@ -1,0 +1,144 @@
+"""``pdserve convert``: a version's Paddle program as ``model.onnx`` (paddle2onnx), kept only if it
+answers like Paddle on sample images.
+
+The file is written beside the program as ``model.onnx.partial``, both engines run the same
+preprocessed images on the CPU, and it becomes ``model.onnx`` only when the outputs agree: an FP32
+program within ``tolerance`` everywhere and the same top-1 on every image; a quantized one (its
+quantize/dequantize ops become ONNX QDQ pairs, whose INT8 kernels round differently from oneDNN's)
+with top-1 agreement within the model's ``quantization.max_disagreement``. ``engine: onnxruntime``
+in the config then serves it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pdserve.model_config import ModelConfig
+from pdserve.pipeline.dataset import GateFailed, PipelineError, Sample, batches, load_images
+from pdserve.pipeline.evaluate import LocalModel
+from pdserve.runtime.onnx_engine import ONNX_FILE, plan_session
+from pdserve.runtime.predictor_config import LoadedPredictor, is_quantized, model_files
+
+DEFAULT_OPSET = 17
+DEFAULT_TOLERANCE = 1e-4
+BATCH = 8
+
+
+def paddle_to_onnx(model_file: Path, params_file: Path, opset: int) -> bytes:
+    """The ONNX bytes of a legacy Paddle program, through paddle2onnx (the ``onnx`` extra)."""
+    try:
+        import paddle2onnx
+    except ImportError as exc:
+        raise PipelineError(f"pdserve convert needs paddle2onnx: pip install 'pdserve[onnx]' ({exc})") from None
+    # save_file=None returns the bytes and skips paddle2onnx's Polygraphy folding pass, which pip-installs
+    # its own dependencies at run time (POLYGRAPHY_AUTOINSTALL_DEPS); ONNX Runtime folds constants itself.
+    try:
+        data = paddle2onnx.export(
+            str(model_file), str(params_file), None, opset_version=opset, deploy_backend="onnxruntime"
+        )
+    except UnboundLocalError:  # paddle2onnx logs the real error and then returns a name it never bound
+        data = None
+    if not data:
+        raise PipelineError(f"paddle2onnx could not convert {model_file} (its log above says why)")
+    return bytes(data)
+
+
+def _outputs(runner: LoadedPredictor, images: np.ndarray) -> np.ndarray:
+    return np.concatenate([runner.run(batch) for batch in batches(images, BATCH)])
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray) -> dict[str, Any]:
+    """Max absolute difference and top-1 agreement of two output arrays (rows are images)."""
+    top_ref, top_new = reference.argmax(axis=1), candidate.argmax(axis=1)
+    return {
+        "images": len(reference),
+        "max_abs_diff": float(np.abs(reference.astype(np.float64) - candidate).max()),
+        "top1_equal": int((top_ref == top_new).sum()),
+        "top1_differ": [int(i) for i in np.flatnonzero(top_ref != top_new)],
+    }
+
+
+def parity_failure(result: dict[str, Any], quantized: bool, config: ModelConfig, tolerance: float) -> str | None:
+    """Why the converted model may not be kept, or None."""
+    differ = result["images"] - result["top1_equal"]
+    if quantized:
+        allowed = config.quantization.max_disagreement
+        if differ > allowed * result["images"] + 1e-9:
+            return f"top-1 differs from Paddle INT8 on {differ} of {result['images']} images (allowed {allowed:.0%})"
+        return None
+    if differ:
+        return f"top-1 differs from Paddle on {differ} of {result['images']} images"
+    if result["max_abs_diff"] > tolerance:
+        return f"outputs differ from Paddle by up to {result['max_abs_diff']:.3g} (tolerance {tolerance:g})"
+    return None
+
+
+def convert_model(
+    model_dir: Path,
+    samples: list[Sample],
+    *,
+    version: int | None = None,
+    opset: int = DEFAULT_OPSET,
+    tolerance: float = DEFAULT_TOLERANCE,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Write ``model.onnx`` into the version folder if it passes the parity check; returns the report."""
+    if not samples:
+        raise PipelineError("pdserve convert checks the converted model on images: give --label-list or --data-dir")
+    model = LocalModel.open(model_dir, version)
+    config = model.config.model_copy(update={"device": "cpu", "engine": "onednn"})
+    if config.kind != "image":
+        raise PipelineError(f"{model_dir}: pdserve convert checks image models only (kind {config.kind})")
+    version_dir = model.version_dir
+    target = version_dir / ONNX_FILE
+    if target.exists() and not force:
+        raise PipelineError(f"{target} exists already; --force replaces it")
+    model_file, params_file = model_files(version_dir)
+    quantized = is_quantized(model_file)
+    start = time.perf_counter()
+    data = paddle_to_onnx(model_file, params_file, opset)
+    seconds = time.perf_counter() - start
+    partial = version_dir / (ONNX_FILE + ".partial")
+    partial.write_bytes(data)
+    try:
+        images = load_images(samples, config.preprocessing, "parity images")
+        reference = _outputs(LoadedPredictor(config, version_dir, model.name), images)
+        ort_config = config.model_copy(update={"engine": "onnxruntime"})
+        plan = plan_session(ort_config, version_dir, model.name, model_file=partial)
+        converted = _outputs(LoadedPredictor(ort_config, version_dir, model.name, plan=plan), images)
+        result = compare(reference, converted)
+        failure = parity_failure(result, quantized, config, tolerance)
+        if failure is not None:
+            raise GateFailed(f"{partial.name} not kept: {failure}")
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
+    import onnxruntime
+    import paddle2onnx
+
+    return {
+        "model_dir": str(model_dir),
+        "version": model.version,
+        "onnx_file": str(target),
+        "bytes": target.stat().st_size,
+        "opset": opset,
+        "quantized": quantized,
+        "seconds": round(seconds, 1),
+        "tolerance": tolerance,
+        "paddle2onnx": paddle2onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        **{k: v for k, v in result.items() if k != "top1_differ"},
+        "top1_differ": result["top1_differ"][:20],
+    }
+
+
+def format_report(result: dict[str, Any]) -> str:
+    return (
+        f"wrote {result['onnx_file']} ({result['bytes'] / 2**20:.1f} MiB, opset {result['opset']}, "
+        f"{result['seconds']} s): on {result['images']} images max |ONNX Runtime - Paddle| "
+        f"{result['max_abs_diff']:.2g}, top-1 equal on {result['top1_equal']}"
+    )
