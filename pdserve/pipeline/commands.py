@@ -241,8 +241,12 @@ def _bench(args: argparse.Namespace) -> None:
 
 
 def _convert(args: argparse.Namespace) -> None:
-    from pdserve.pipeline.convert import convert_model, format_report
+    from pdserve.pipeline.convert import convert_model, format_report, quantize_onnx
 
+    if args.int8_output:
+        made = quantize_onnx(args.model, args.int8_output, _samples(args), method=args.calibration_method)
+        _emit(args, made, f"wrote {made['onnx_file']} ({made['algo']}, {made['images']} images, {made['seconds']} s)")
+        return
     result = convert_model(
         args.model,
         _samples(args),
@@ -319,6 +323,13 @@ def register(sub: Any) -> None:
         "--tolerance", type=float, default=1e-4, help="largest output difference from Paddle to keep an FP32 model"
     )
     p.add_argument("--force", action="store_true", help="replace an existing model.onnx")
+    p.add_argument(
+        "--int8-output",
+        type=Path,
+        help="instead: quantize the version's model.onnx (ONNX Runtime QDQ, calibrated on the given images) into "
+        "this new model folder",
+    )
+    p.add_argument("--calibration-method", choices=["MinMax", "Percentile", "Entropy"], default="Percentile")
 
     p = add("quantize", _quantize, "post-training INT8 quantization of a repository model")
     p.add_argument("--model-dir", "--model", type=Path, required=True, help="the fp32 model folder")
