@@ -60,7 +60,9 @@ def main() -> int:
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
 
-    fp32, int8, ort8 = (LocalModel.open(f, cpu_threads=args.threads) for f in (args.fp32, args.paddle_int8, args.ort_int8))
+    fp32, int8, ort8 = (
+        LocalModel.open(f, cpu_threads=args.threads) for f in (args.fp32, args.paddle_int8, args.ort_int8)
+    )
     spec = fp32.config.preprocessing
     sample = read_label_list(args.sample_list, args.data_root)
     report_split = read_label_list(args.report_list, args.data_root)

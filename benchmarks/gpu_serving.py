@@ -23,6 +23,7 @@ thousand requests/s), so that it is not the limit being measured.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -71,7 +72,9 @@ def decode_limit(jpegs: list[bytes], spec: Any, processes: int, seconds: float) 
 
 
 # ---- 2. in-process GPU -------------------------------------------------------------------------
-def in_process(config: Any, version_dir: Path, batches: list[int], images: np.ndarray, seconds: float) -> dict[str, Any]:
+def in_process(
+    config: Any, version_dir: Path, batches: list[int], images: np.ndarray, seconds: float
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for binding in (False, True):
         cfg = config.model_copy(update={"onnxruntime": config.onnxruntime.model_copy(update={"io_binding": binding})})
@@ -130,7 +133,9 @@ def _check_answers(port: int, jpegs: list[bytes], expected: list[int]) -> int:
     wrong = 0
     with httpx.Client(timeout=60) as client:
         for jpeg, want in zip(jpegs, expected, strict=True):
-            r = client.post(f"http://127.0.0.1:{port}/predict?top_k=1", content=jpeg, headers={"content-type": "image/jpeg"})
+            r = client.post(
+                f"http://127.0.0.1:{port}/predict?top_k=1", content=jpeg, headers={"content-type": "image/jpeg"}
+            )
             r.raise_for_status()
             wrong += int(r.json()["predictions"][0]["class_id"] != want)
     return wrong
@@ -159,10 +164,8 @@ class MetricsSampler:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.period):
-            try:
+            with contextlib.suppress(httpx.HTTPError):
                 self.samples.append(scrape(self.url))
-            except httpx.HTTPError:
-                pass
 
     def __enter__(self) -> MetricsSampler:
         self._thread.start()
@@ -185,7 +188,12 @@ class MetricsSampler:
 
 def histogram_means(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     out = {}
-    for name in ("pdserve_batch_size", "pdserve_queue_wait_seconds", "pdserve_inference_compute_seconds", "pdserve_request_duration_seconds"):
+    for name in (
+        "pdserve_batch_size",
+        "pdserve_queue_wait_seconds",
+        "pdserve_inference_compute_seconds",
+        "pdserve_request_duration_seconds",
+    ):
         total = sum(v for k, v in after.items() if k.startswith(name + "_sum")) - sum(
             v for k, v in before.items() if k.startswith(name + "_sum")
         )
@@ -193,7 +201,9 @@ def histogram_means(before: dict[str, float], after: dict[str, float]) -> dict[s
             v for k, v in before.items() if k.startswith(name + "_count")
         )
         if count:
-            out[name.removeprefix("pdserve_") + "_mean"] = round(total / count * (1 if name.endswith("size") else 1000), 3)
+            out[name.removeprefix("pdserve_") + "_mean"] = round(
+                total / count * (1 if name.endswith("size") else 1000), 3
+            )
             out[name.removeprefix("pdserve_") + "_count"] = count
     return out
 
@@ -298,7 +308,11 @@ def main() -> int:
     spec = config.preprocessing
     crops = np.stack([load_and_crop(j, spec, MAX_PIXELS) for j in jpegs])
     images = Normalizer(spec)(crops)
-    report: dict[str, Any] = {"images": len(jpegs), "cores": os.cpu_count(), "args": {k: str(v) for k, v in vars(args).items()}}
+    report: dict[str, Any] = {
+        "images": len(jpegs),
+        "cores": os.cpu_count(),
+        "args": {k: str(v) for k, v in vars(args).items()},
+    }
     try:
         import onnxruntime
 

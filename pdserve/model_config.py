@@ -99,9 +99,19 @@ class OnnxRuntime(_Section):
         "session.run's copies through new buffers on every call.",
     )
     cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = Field(
-        "EXHAUSTIVE", description="How cuDNN picks each convolution's algorithm (once per shape, at warm-up)."
+        "HEURISTIC",
+        description="How cuDNN picks each convolution's algorithm. EXHAUSTIVE benchmarks them again whenever the "
+        "batch shape differs from the last run's (measured on an H100: about 1 s a batch once served batch sizes "
+        "vary, BENCHMARKS.md), so it suits only one fixed batch shape.",
     )
     use_tf32: bool = Field(True, description="TF32 tensor cores for FP32 matrix work (Ampere and newer).")
+    session_per_shape: bool = Field(
+        True,
+        description="One ONNX Runtime session per padded batch size, each seeing one input shape. The CUDA "
+        "provider re-plans every convolution when a session's input shape changes (measured on an H100 with "
+        "onnxruntime-gpu 1.31: 0.4-1 s a change, whatever cudnn_conv_algo_search says), and a served model's "
+        "batch size changes from one batch to the next; the cost is one copy of the weights per size.",
+    )
 
 
 class Quantization(_Section):

@@ -200,6 +200,9 @@ def quantize_onnx(
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         calibrate_method=getattr(CalibrationMethod, method),
+        # Histograms from a few batches at a time: holding every activation of 200 images at once
+        # was killed for memory here (Percentile, Entropy).
+        extra_options={"CalibMaxIntermediateOutputs": 5},
     )
     calibration = {
         "tool": "onnxruntime.quantization.quantize_static (QDQ)",

@@ -27,6 +27,7 @@ from pdserve.repository import Overrides, model_folders, scan_model
 from pdserve.runtime.predictor_config import (
     SHAPE_FILE,
     LoadedPredictor,
+    PredictorPlan,
     plan_shape_collection,
     read_shape_ranges,
 )
@@ -111,6 +112,7 @@ def _build(model: str, version: int, version_dir: Path, config: ModelConfig) -> 
         batch = np.zeros((max(config.padded_batch_sizes), *config.input.shape), np.float32)
         for size in config.padded_batch_sizes:  # the sizes the worker warms up
             runner.run(batch[:size])
+        assert isinstance(runner.plan, PredictorPlan)  # engine onnxruntime returned above
         cache = runner.plan.args("set_optim_cache_dir")[0]
         del runner
         gc.collect()

@@ -50,11 +50,16 @@ class SessionPlan:
     entries: dict[str, str] = field(default_factory=dict)  # add_session_config_entry
     providers: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     io_binding: bool = False  # inputs copied to device buffers kept per shape, outputs bound on the device
+    session_per_shape: bool = False  # a session for each input shape (CUDA re-plans on a shape change)
     device_id: int | None = None
 
     @property
     def provider_names(self) -> list[str]:
         return [name for name, _ in self.providers]
+
+    def methods(self) -> list[str]:
+        """What reports list as the configuration (``PredictorPlan.methods`` for Paddle): the providers."""
+        return self.provider_names
 
 
 def find_onnx_file(version_dir: Path) -> Path | None:
@@ -100,6 +105,7 @@ def plan_session(
     plan.device_id = gpu
     ort = config.onnxruntime
     plan.io_binding = ort.io_binding
+    plan.session_per_shape = ort.session_per_shape
     trt = config.tensorrt
     if trt.enabled:
         plan.providers.append((TRT_EP, tensorrt_options(config, version_dir, model)))
@@ -135,8 +141,10 @@ def tensorrt_options(config: ModelConfig, version_dir: Path, model: str = "") ->
     elif given is not None:
         lo, opt, hi = (f"{name}:" + "x".join(map(str, s)) for s in (given.min, given.opt, given.max))
     else:
-        lo, opt, hi = _shape(name, dims, 1), _shape(name, dims, config.max_batch_size), _shape(
-            name, dims, config.max_batch_size
+        lo, opt, hi = (
+            _shape(name, dims, 1),
+            _shape(name, dims, config.max_batch_size),
+            _shape(name, dims, config.max_batch_size),
         )
     options = {
         "device_id": str(config.gpu_id),
@@ -188,7 +196,7 @@ def create_session(plan: SessionPlan) -> Any:
         setattr(options, key, value)
     for key, value in plan.entries.items():
         options.add_session_config_entry(key, value)
-    for name, provider_options in plan.providers:
+    for _name, provider_options in plan.providers:
         cache = provider_options.get("trt_engine_cache_path")
         if cache:
             Path(cache).mkdir(parents=True, exist_ok=True)
@@ -232,7 +240,8 @@ class OrtPredictor:
         self._outputs = [o.name for o in self.session.get_outputs()]
         self.feeds: dict[str, np.ndarray] = {}
         self.results: dict[str, np.ndarray] = {}
-        self._binding = self.session.io_binding() if plan.io_binding else None
+        # input shapes -> (session, IO binding or None); the first shape gets the session made above
+        self._by_shape: dict[tuple[tuple[int, ...], ...], tuple[Any, Any]] = {}
         self._device_inputs: dict[tuple[str, tuple[int, ...], str], Any] = {}
 
     def get_input_names(self) -> list[str]:
@@ -251,20 +260,28 @@ class OrtPredictor:
             raise ModelLoadError(f"{self.plan.model_file}: no output {name!r}; outputs are {self._outputs}")
         return _Output(self, name)
 
+    def _session(self) -> tuple[Any, Any]:
+        key = tuple(self.feeds[name].shape for name in self._inputs if name in self.feeds)
+        if not self.plan.session_per_shape:
+            key = ()
+        found = self._by_shape.get(key)
+        if found is None:
+            session = self.session if not self._by_shape else create_session(self.plan)
+            found = (session, session.io_binding() if self.plan.io_binding else None)
+            self._by_shape[key] = found
+        return found
+
     def run(self) -> None:
-        if self._binding is None:
-            values = self.session.run(self._outputs, self.feeds)
-        else:
-            values = self._run_bound()
+        session, binding = self._session()
+        values = session.run(self._outputs, self.feeds) if binding is None else self._run_bound(session, binding)
         self.results = dict(zip(self._outputs, values, strict=True))
 
-    def _run_bound(self) -> list[np.ndarray]:
+    def _run_bound(self, session: Any, binding: Any) -> list[np.ndarray]:
         """Inputs into device buffers kept per name and shape (the padded batch sizes are few),
         outputs left where the GPU wrote them and copied back once."""
         import onnxruntime as ort
 
-        binding, device = self._binding, self.plan.device_id or 0
-        assert binding is not None
+        device = self.plan.device_id or 0
         for name, array in self.feeds.items():
             array = np.ascontiguousarray(array)
             key = (name, array.shape, array.dtype.str)
@@ -277,7 +294,7 @@ class OrtPredictor:
             binding.bind_ortvalue_input(name, value)
         for name in self._outputs:
             binding.bind_output(name, "cuda", device)
-        self.session.run_with_iobinding(binding)
+        session.run_with_iobinding(binding)
         outputs: list[np.ndarray] = binding.copy_outputs_to_cpu()
         binding.clear_binding_outputs()
         return outputs

@@ -66,7 +66,7 @@ def test_gpu_plan_puts_the_cuda_provider_on_the_configured_device(version_dir: P
     assert plan.provider_names == [CUDA_EP, CPU_EP]
     cuda = dict(plan.providers)[CUDA_EP]
     assert cuda["device_id"] == "1"
-    assert cuda["cudnn_conv_algo_search"] == "EXHAUSTIVE"
+    assert cuda["cudnn_conv_algo_search"] == "HEURISTIC"
     assert plan.device_id == 1
     assert plan.io_binding
     plain = plan_session(
@@ -116,7 +116,7 @@ def test_tensorrt_static_and_given_profiles_and_int8(version_dir: Path) -> None:
 def test_refusals_name_the_fix(version_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="fp16 needs device gpu"):
         plan_session(config(precision="fp16"), version_dir)
-    with pytest.raises(ModelLoadError, match="tensorrt.enabled: true"):
+    with pytest.raises(ModelLoadError, match=r"tensorrt\.enabled: true"):
         plan_session(config(device="gpu:0", precision="fp16", tensorrt={"enabled": False}), version_dir)
     with pytest.raises(ModelLoadError, match="shape_mode tuned"):
         plan_session(config(device="gpu:0", tensorrt={"shape_mode": "tuned"}), version_dir)
@@ -178,3 +178,15 @@ def test_a_worker_of_this_engine_never_imports_paddle(version_dir: Path) -> None
 def test_plan_engine_dispatches_on_the_engine(version_dir: Path) -> None:
     plan = plan_engine(config(), version_dir)
     assert getattr(plan, "provider_names", None) == [CPU_EP]
+
+
+def test_a_session_per_input_shape_when_planned(version_dir: Path) -> None:
+    plan = plan_session(config(), version_dir)
+    plan.session_per_shape = True
+    runner = LoadedPredictor(config(), version_dir, plan=plan)
+    x = np.ones((4, 3), np.float32)
+    first = runner.run(x[:2])
+    runner.run(x)
+    np.testing.assert_allclose(runner.run(x[:2]), first)
+    assert len(runner.predictor._by_shape) == 2
+    assert plan_session(config(device="gpu:0", tensorrt={"enabled": False}), version_dir).session_per_shape
