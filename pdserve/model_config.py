@@ -153,6 +153,11 @@ class ModelConfig(_Section):
     labels: str | None = Field(None, description="File of class names in class-id order, one a line.")
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
     device: str = Field("cpu", description="'cpu' or 'gpu:N'.")
+    devices: list[str] | None = Field(
+        None,
+        description="GPUs to spread the model over, e.g. [gpu:0, gpu:1], as Triton's instance_group gpus: "
+        "`instances` workers on each one listed. Overrides device.",
+    )
     engine: Literal["onednn", "openvino", "onnxruntime"] = Field(
         "onednn",
         description="Inference engine: Paddle's own kernels (oneDNN on CPU, CUDA/TensorRT on gpu:N), the OpenVINO "
@@ -214,6 +219,17 @@ class ModelConfig(_Section):
             raise ValueError("device must be 'cpu' or 'gpu:N', e.g. 'gpu:0'")
         return v
 
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        if not v or any(not re.fullmatch(r"gpu:\d+", d) for d in v):
+            raise ValueError("devices lists GPUs as 'gpu:N', e.g. [gpu:0, gpu:1]")
+        if len(set(v)) != len(v):
+            raise ValueError("devices names a GPU twice; use instances for more workers on one GPU")
+        return v
+
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:
         if self.kind == "image" and (
@@ -235,11 +251,21 @@ class ModelConfig(_Section):
                 raise ValueError(
                     f"tensorrt.dynamic_shape: max batch {shape.max[0]} is below max_batch_size {self.max_batch_size}"
                 )
-        if self.engine == "openvino" and self.device != "cpu":
+        if self.devices is not None and self.device not in ("cpu", self.devices[0]):
+            raise ValueError(f"device {self.device} and devices {self.devices} disagree: give devices alone")
+        if self.engine == "openvino" and (self.device != "cpu" or self.devices):
             raise ValueError("engine openvino runs on device cpu only")
         if self.batch_sizes is not None and max(self.batch_sizes) != self.max_batch_size:
             raise ValueError("the largest of batch_sizes must equal max_batch_size")
         return self
+
+    @property
+    def instance_devices(self) -> list[str]:
+        """The device of each worker, in start order: ``instances`` on each of ``devices``, interleaved
+        (gpu:0, gpu:1, gpu:0, ...) so that a partial start or a scale-down leaves every GPU serving."""
+        if not self.devices:
+            return [self.device] * self.instances
+        return [d for _ in range(self.instances) for d in self.devices]
 
     @property
     def gpu_id(self) -> int | None:
