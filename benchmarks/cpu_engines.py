@@ -50,7 +50,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--fp32", type=Path, required=True, help="FP32 model folder whose version holds model.onnx")
     p.add_argument("--paddle-int8", type=Path, required=True, help="Paddle INT8 model folder (pdserve quantize)")
-    p.add_argument("--ort-int8", type=Path, required=True, help="ONNX Runtime QDQ model folder (convert --int8-output)")
+    p.add_argument(
+        "--ort-int8", type=Path, nargs="+", required=True, help="ONNX Runtime QDQ model folders (convert --int8-output)"
+    )
     p.add_argument("--sample-list", type=Path, required=True)
     p.add_argument("--report-list", type=Path, required=True)
     p.add_argument("--data-root", type=Path, required=True)
@@ -60,9 +62,8 @@ def main() -> int:
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
 
-    fp32, int8, ort8 = (
-        LocalModel.open(f, cpu_threads=args.threads) for f in (args.fp32, args.paddle_int8, args.ort_int8)
-    )
+    fp32, int8 = (LocalModel.open(f, cpu_threads=args.threads) for f in (args.fp32, args.paddle_int8))
+    ort8 = [LocalModel.open(f, cpu_threads=args.threads) for f in args.ort_int8]
     spec = fp32.config.preprocessing
     sample = read_label_list(args.sample_list, args.data_root)
     report_split = read_label_list(args.report_list, args.data_root)
@@ -76,7 +77,7 @@ def main() -> int:
         ("ONNX Runtime", "FP32", fp32, "onnxruntime"),
         ("Paddle oneDNN", "INT8", int8, "onednn"),
         ("OpenVINO (Paddle's)", "INT8", int8, "openvino"),
-        ("ONNX Runtime QDQ", "INT8", ort8, "onnxruntime"),
+        *((f"ONNX Runtime QDQ ({(m.config.calibration or {}).get('algo')})", "INT8", m, "onnxruntime") for m in ort8),
     ]
     result: dict[str, Any] = {"cpu": cpu_name(), "threads": args.threads, "images": len(sample), "rows": []}
     reference: np.ndarray | None = None

@@ -94,9 +94,9 @@ class OnnxRuntime(_Section):
     """Settings of ``engine: onnxruntime`` on ``device: gpu:N`` (the CUDA execution provider)."""
 
     io_binding: bool = Field(
-        True,
-        description="Keep a device buffer per input shape and bind the outputs on the GPU, instead of "
-        "session.run's copies through new buffers on every call.",
+        False,
+        description="Keep a device buffer per input shape and bind the outputs on the GPU instead of "
+        "session.run's own copies. Off: on an H100 it was no faster at batch 1-256 (BENCHMARKS.md).",
     )
     cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = Field(
         "HEURISTIC",

@@ -11,7 +11,11 @@ in the config then serves it.
 
 from __future__ import annotations
 
+import os
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +32,19 @@ DEFAULT_TOLERANCE = 1e-4
 BATCH = 8
 
 
+@contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """paddle2onnx's C++ side prints progress to file descriptor 1; keep stdout for --json."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def paddle_to_onnx(model_file: Path, params_file: Path, opset: int) -> bytes:
     """The ONNX bytes of a legacy Paddle program, through paddle2onnx (the ``onnx`` extra)."""
     try:
@@ -37,9 +54,10 @@ def paddle_to_onnx(model_file: Path, params_file: Path, opset: int) -> bytes:
     # save_file=None returns the bytes and skips paddle2onnx's Polygraphy folding pass, which pip-installs
     # its own dependencies at run time (POLYGRAPHY_AUTOINSTALL_DEPS); ONNX Runtime folds constants itself.
     try:
-        data = paddle2onnx.export(
-            str(model_file), str(params_file), None, opset_version=opset, deploy_backend="onnxruntime"
-        )
+        with _stdout_to_stderr():
+            data = paddle2onnx.export(
+                str(model_file), str(params_file), None, opset_version=opset, deploy_backend="onnxruntime"
+            )
     except UnboundLocalError:  # paddle2onnx logs the real error and then returns a name it never bound
         data = None
     if not data:

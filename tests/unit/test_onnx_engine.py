@@ -68,13 +68,13 @@ def test_gpu_plan_puts_the_cuda_provider_on_the_configured_device(version_dir: P
     assert cuda["device_id"] == "1"
     assert cuda["cudnn_conv_algo_search"] == "HEURISTIC"
     assert plan.device_id == 1
-    assert plan.io_binding
-    plain = plan_session(
-        config(device="gpu:0", tensorrt={"enabled": False}, onnxruntime={"io_binding": False, "use_tf32": False}),
+    assert not plan.io_binding
+    bound = plan_session(
+        config(device="gpu:0", tensorrt={"enabled": False}, onnxruntime={"io_binding": True, "use_tf32": False}),
         version_dir,
     )
-    assert not plain.io_binding
-    assert dict(plain.providers)[CUDA_EP]["use_tf32"] == "0"
+    assert bound.io_binding
+    assert dict(bound.providers)[CUDA_EP]["use_tf32"] == "0"
 
 
 def test_tensorrt_provider_is_planned_first_with_the_shape_profile(version_dir: Path, tmp_path: Path) -> None:
