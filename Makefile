@@ -19,7 +19,7 @@ PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
 # Every install comes from a lock in requirements/: exact versions and hashes, compiled by uv
 # (`make lock`), installed by plain pip in hash-checking mode. serve.txt: pdserve[cpu]; dev.txt:
-# pdserve[cpu,dev,plots] (what make test runs; no torch); bench.txt: the peers of make bench;
+# pdserve[cpu,dev,plots,onnx] (what make test runs; no torch); bench.txt: the peers of make bench;
 # paddleslim-side.txt: PaddleSlim's folder. Paddle GPU is not on PyPI, so PADDLE=gpu installs the
 # lock without paddlepaddle and then paddlepaddle-gpu from Paddle's index.
 LOCKS := requirements/serve.txt requirements/dev.txt requirements/bench.txt requirements/paddleslim-side.txt
@@ -79,7 +79,7 @@ $(UV):
 
 lock: $(UV)
 	$(UV) pip compile $(LOCK_FLAGS) pyproject.toml --extra cpu -o requirements/serve.txt
-	$(UV) pip compile $(LOCK_FLAGS) pyproject.toml --extra cpu --extra dev --extra plots -o requirements/dev.txt
+	$(UV) pip compile $(LOCK_FLAGS) pyproject.toml --extra cpu --extra dev --extra plots --extra onnx -o requirements/dev.txt
 	$(UV) pip compile $(LOCK_FLAGS) pyproject.toml requirements/bench.in --extra cpu -o requirements/bench.txt
 	$(UV) pip compile $(LOCK_FLAGS) --no-deps requirements/paddleslim-side.in -o requirements/paddleslim-side.txt
 

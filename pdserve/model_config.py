@@ -90,6 +90,30 @@ class TensorRT(_Section):
     )
 
 
+class OnnxRuntime(_Section):
+    """Settings of ``engine: onnxruntime`` on ``device: gpu:N`` (the CUDA execution provider)."""
+
+    io_binding: bool = Field(
+        False,
+        description="Keep a device buffer per input shape and bind the outputs on the GPU instead of "
+        "session.run's own copies. Off: on an H100 it was no faster at batch 1-256 (BENCHMARKS.md).",
+    )
+    cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = Field(
+        "HEURISTIC",
+        description="How cuDNN picks each convolution's algorithm. EXHAUSTIVE benchmarks them again whenever the "
+        "batch shape differs from the last run's (measured on an H100: about 1 s a batch once served batch sizes "
+        "vary, BENCHMARKS.md), so it suits only one fixed batch shape.",
+    )
+    use_tf32: bool = Field(True, description="TF32 tensor cores for FP32 matrix work (Ampere and newer).")
+    session_per_shape: bool = Field(
+        True,
+        description="One ONNX Runtime session per padded batch size, each seeing one input shape. The CUDA "
+        "provider re-plans every convolution when a session's input shape changes (measured on an H100 with "
+        "onnxruntime-gpu 1.31: 0.4-1 s a change, whatever cudnn_conv_algo_search says), and a served model's "
+        "batch size changes from one batch to the next; the cost is one copy of the weights per size.",
+    )
+
+
 class Quantization(_Section):
     """How an INT8 version is checked where it loads (``validation.npz`` in its folder, made by
     ``pdserve quantize``): every worker runs the set after warm-up and compares with FP32."""
@@ -169,10 +193,16 @@ class ModelConfig(_Section):
     labels: str | None = Field(None, description="File of class names in class-id order, one a line.")
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
     device: str = Field("cpu", description="'cpu' or 'gpu:N'.")
-    engine: Literal["onednn", "openvino"] = Field(
+    devices: list[str] | None = Field(
+        None,
+        description="GPUs to spread the model over, e.g. [gpu:0, gpu:1], as Triton's instance_group gpus: "
+        "`instances` workers on each one listed. Overrides device.",
+    )
+    engine: Literal["onednn", "openvino", "onnxruntime"] = Field(
         "onednn",
-        description="CPU inference engine: Paddle's own kernels on oneDNN, or the OpenVINO engine in Paddle's CPU "
-        "wheel (faster at small batches on some models; pdserve tune checks its outputs match before choosing it).",
+        description="Inference engine: Paddle's own kernels (oneDNN on CPU, CUDA/TensorRT on gpu:N), the OpenVINO "
+        "engine in Paddle's CPU wheel, or ONNX Runtime on the version's model.onnx (pdserve convert writes it; CPU, "
+        "or the CUDA/TensorRT execution providers on gpu:N). pdserve tune checks outputs match before choosing one.",
     )
     instances: PositiveInt = Field(1, description="Worker processes, each with its own predictor.")
     cpu_threads: PositiveInt = Field(1, description="Math library threads per instance.")
@@ -213,6 +243,7 @@ class ModelConfig(_Section):
     )
     random_weights: bool = Field(False, description="True when the weights are untrained (exported for tests).")
     tensorrt: TensorRT = TensorRT()
+    onnxruntime: OnnxRuntime = OnnxRuntime()
     quantization: Quantization = Quantization()
     ocr: Ocr | None = Field(None, description="kind ocr: its stages, thresholds and limits.")
     tuned: dict[str, Any] | None = Field(
@@ -227,6 +258,17 @@ class ModelConfig(_Section):
     def _device(cls, v: str) -> str:
         if v != "cpu" and not re.fullmatch(r"gpu:\d+", v):
             raise ValueError("device must be 'cpu' or 'gpu:N', e.g. 'gpu:0'")
+        return v
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        if not v or any(not re.fullmatch(r"gpu:\d+", d) for d in v):
+            raise ValueError("devices lists GPUs as 'gpu:N', e.g. [gpu:0, gpu:1]")
+        if len(set(v)) != len(v):
+            raise ValueError("devices names a GPU twice; use instances for more workers on one GPU")
         return v
 
     @model_validator(mode="after")
@@ -250,11 +292,21 @@ class ModelConfig(_Section):
                 raise ValueError(
                     f"tensorrt.dynamic_shape: max batch {shape.max[0]} is below max_batch_size {self.max_batch_size}"
                 )
-        if self.engine == "openvino" and self.device != "cpu":
+        if self.devices is not None and self.device not in ("cpu", self.devices[0]):
+            raise ValueError(f"device {self.device} and devices {self.devices} disagree: give devices alone")
+        if self.engine == "openvino" and (self.device != "cpu" or self.devices):
             raise ValueError("engine openvino runs on device cpu only")
         if self.batch_sizes is not None and max(self.batch_sizes) != self.max_batch_size:
             raise ValueError("the largest of batch_sizes must equal max_batch_size")
         return self
+
+    @property
+    def instance_devices(self) -> list[str]:
+        """The device of each worker, in start order: ``instances`` on each of ``devices``, interleaved
+        (gpu:0, gpu:1, gpu:0, ...) so that a partial start or a scale-down leaves every GPU serving."""
+        if not self.devices:
+            return [self.device] * self.instances
+        return [d for _ in range(self.instances) for d in self.devices]
 
     @property
     def gpu_id(self) -> int | None:

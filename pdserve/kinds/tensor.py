@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pdserve.errors import BadRequest, InputRejected
+from pdserve.errors import BadRequest, InputRejected, PdserveError
 from pdserve.kinds.base import DecodeContext, ModelKind, NamedTensor, Version, WantedOutput, Work, ready_items
 from pdserve.model_config import ModelConfig
 from pdserve.runtime.contract import InputRefused, Ready, WorkerSpec
@@ -33,9 +33,14 @@ class TensorWorker:
         self.spec = spec
 
     def setup(self) -> Ready:
+        spec = self.spec
+        if spec.config.engine == "onnxruntime":
+            raise PdserveError(
+                f"model {spec.model!r}: kind tensor runs on Paddle (engine onednn or openvino); engine onnxruntime "
+                "serves kind image models"
+            )
         import paddle
 
-        spec = self.spec
         plan = plan_predictor(spec.config, spec.version_dir, paddle.device.is_compiled_with_cuda(), spec.model)
         self.signature = read_signature(plan.model_file)
         self.predictor = build_predictor(plan)

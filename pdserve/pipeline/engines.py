@@ -28,6 +28,7 @@ from pdserve.repository import Overrides, model_folders, scan_model
 from pdserve.runtime.predictor_config import (
     SHAPE_FILE,
     LoadedPredictor,
+    PredictorPlan,
     plan_shape_collection,
     read_shape_ranges,
 )
@@ -94,6 +95,8 @@ def build_engines(repo: Path, overrides: Overrides, models: list[str] | None = N
 def _build(model: str, version: int, version_dir: Path, config: ModelConfig) -> dict[str, Any]:
     result: dict[str, Any] = {"model": model, "version": version, "device": config.device}
     trt = config.tensorrt
+    if config.engine == "onnxruntime":  # its TensorRT provider builds into trt_engine_cache_path on first use
+        return {**result, "status": "skipped", "reason": "engine onnxruntime: no Paddle engines to build"}
     if config.gpu_id is None or not trt.enabled:
         reason = "device cpu" if config.gpu_id is None else "tensorrt.enabled is false"
         return {**result, "status": "skipped", "reason": f"{reason}: no TensorRT engines to build"}
@@ -110,6 +113,7 @@ def _build(model: str, version: int, version_dir: Path, config: ModelConfig) -> 
         batch = np.zeros((max(config.padded_batch_sizes), *config.input.shape), np.float32)
         for size in config.padded_batch_sizes:  # the sizes the worker warms up
             runner.run(batch[:size])
+        assert isinstance(runner.plan, PredictorPlan)  # engine onnxruntime returned above
         cache = runner.plan.args("set_optim_cache_dir")[0]
         del runner
         gc.collect()

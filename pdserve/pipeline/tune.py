@@ -38,9 +38,10 @@ from pdserve.pipeline.dataset import progress_bar
 from pdserve.pipeline.errors import PipelineError
 from pdserve.pipeline.loadgen import Request, Target, closed_loop, percentile, run
 from pdserve.pipeline.served import Served
+from pdserve.runtime.predictor_config import missing_model_files
 
 Goal = Literal["throughput", "latency"]
-ENGINES = ("onednn", "openvino")
+ENGINES = ("onednn", "openvino", "onnxruntime")
 START_TIMEOUT_S = 300.0
 CHECK_IMAGES = 16
 TUNED_COMMENT = "# Written by pdserve tune: what chose the settings above, measured on this machine."
@@ -298,15 +299,28 @@ class Tuner:
         self.log(f"tuning {self.name} for {self._goal_text()} on {o.cores} cores; as configured: {current.name}")
         self.measure(current, "as configured")  # the reference answers come from the model as configured
         layouts = list(o.layouts) if o.layouts else layouts_for(o.cores)
+        engines = self.runnable_engines()
         best = self._stage(
             "layout and engine",
-            [replace(current, instances=i, cpu_threads=t, engine=e) for i, t in layouts for e in o.engines],
+            [replace(current, instances=i, cpu_threads=t, engine=e) for i, t in layouts for e in engines],
         )
         if best is None:
             return None
         best = self._stage("batch limit", [replace(best.candidate, max_batch_size=b) for b in o.batch_sizes])
         assert best is not None
         return self._stage("queue delay", [replace(best.candidate, max_queue_delay_ms=d) for d in o.delays_ms])
+
+    def runnable_engines(self) -> list[str]:
+        """The engines asked for whose files the newest version has (onnxruntime needs model.onnx)."""
+        version_dir = self.model_dir / str(max(version_folders(self.model_dir)))
+        engines = []
+        for engine in self.options.engines:
+            missing = missing_model_files(version_dir, engine)
+            if missing is None:
+                engines.append(engine)
+            else:
+                self.log(f"  engine {engine} left out: {missing}")
+        return engines
 
     def _goal_text(self) -> str:
         o = self.options

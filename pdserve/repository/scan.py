@@ -15,7 +15,7 @@ from pdserve.errors import ModelConfigError
 from pdserve.kinds import KINDS
 from pdserve.model_config import ModelConfig, load_model_config, version_folders
 from pdserve.repository.version import ModelState, ModelVersion
-from pdserve.runtime.predictor_config import find_model_files, missing_model_files
+from pdserve.runtime.predictor_config import missing_model_files, served_files
 from pdserve.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def _version_dirs(model_dir: Path, config: ModelConfig) -> dict[int, Path]:
         raise ModelConfigError(f"{model_dir}: no version folder (expected {model_dir}/1/model.pdmodel)")
     if not KINDS[config.kind].stages(config):  # a pipeline kind's versions hold no program
         for _version, path in found.items():
-            missing = missing_model_files(path)
+            missing = missing_model_files(path, config.engine)
             if missing:
                 raise ModelConfigError(missing)
     if config.versions == "latest":
@@ -139,7 +139,7 @@ def scan_model(model_dir: Path, overrides: Overrides, quiet: bool = False) -> Mo
 
 
 def _fingerprint(version_dir: Path, model_dir: Path, config: ModelConfig) -> tuple[object, ...]:
-    files = list(find_model_files(version_dir) or ())
+    files = served_files(version_dir, config.engine)
     if config.labels is not None:
         files.append(model_dir / config.labels)
     stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.exists()]

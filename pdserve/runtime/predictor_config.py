@@ -1,7 +1,8 @@
 """What a model config means for ``paddle.inference.Config``: decided here, applied in the worker.
 
 ``plan_predictor`` is pure (no Paddle import) so what it decides for GPU/TensorRT can be tested on
-the CPU-only build; ``build_predictor`` applies a plan to a real ``Config``.
+the CPU-only build; ``build_predictor`` applies a plan to a real ``Config``. ``plan_engine`` picks
+the engine: Paddle's plan, or ONNX Runtime's (``onnx_engine.plan_session``) for ``engine: onnxruntime``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 
 from pdserve.errors import ModelLoadError
 from pdserve.model_config import ModelConfig
+from pdserve.runtime.onnx_engine import ONNX_FILE, OrtPredictor, SessionPlan, find_onnx_file, plan_session
 
 GPU_MEMORY_POOL_MB = 256
 SHAPE_FILE = "shape_range_info.pbtxt"  # pdserve collect-shapes writes it into the version folder
@@ -67,8 +69,19 @@ def find_model_files(version_dir: Path) -> tuple[Path, Path] | None:
     return None
 
 
-def missing_model_files(version_dir: Path) -> str | None:
+def served_files(version_dir: Path, engine: str = "onednn") -> list[Path]:
+    """The files an engine loads from a version folder ([] when they are missing)."""
+    if engine == "onnxruntime":
+        return [p for p in (find_onnx_file(version_dir),) if p is not None]
+    return list(find_model_files(version_dir) or ())
+
+
+def missing_model_files(version_dir: Path, engine: str = "onednn") -> str | None:
     """Why ``version_dir`` holds no servable program, or None when it does (the file is not read)."""
+    if engine == "onnxruntime":
+        if find_onnx_file(version_dir) is not None:
+            return None
+        return f"{version_dir}: engine onnxruntime needs {ONNX_FILE} (pdserve convert {version_dir.parent} writes it)"
     if find_model_files(version_dir) is not None:
         return None
     pir = next((version_dir / f"{p}.json" for p in PREFIXES if (version_dir / f"{p}.json").is_file()), None)
@@ -159,6 +172,15 @@ def plan_predictor(config: ModelConfig, version_dir: Path, cuda_available: bool,
         cache = engine_cache_dir(Path(trt.cache_dir), model, version_dir, config, profile, quantized)
         plan.add("set_optim_cache_dir", str(cache))
     return plan
+
+
+def plan_engine(config: ModelConfig, version_dir: Path, model: str = "") -> PredictorPlan | SessionPlan:
+    """The plan of the model's engine; Paddle is imported (to ask for CUDA) only when Paddle runs it."""
+    if config.engine == "onnxruntime":
+        return plan_session(config, version_dir, model)
+    import paddle
+
+    return plan_predictor(config, version_dir, paddle.device.is_compiled_with_cuda(), model)
 
 
 def plan_shape_collection(
@@ -306,8 +328,11 @@ def check_tensorrt() -> None:
         raise ModelLoadError(problem)
 
 
-def build_predictor(plan: PredictorPlan) -> Any:
-    """Apply a plan to a ``paddle.inference.Config`` and create the predictor (worker side only)."""
+def build_predictor(plan: PredictorPlan | SessionPlan) -> Any:
+    """Apply a plan to a ``paddle.inference.Config`` and create the predictor (worker side only);
+    an ONNX Runtime plan gives an ``OrtPredictor``, which offers the same methods."""
+    if isinstance(plan, SessionPlan):
+        return OrtPredictor(plan)
     from paddle import inference
 
     if "enable_tensorrt_engine" in plan.methods():
@@ -322,14 +347,12 @@ def build_predictor(plan: PredictorPlan) -> Any:
 
 
 class LoadedPredictor:
-    """A Paddle predictor for one model version, with its plan; used by workers and offline tools."""
+    """A predictor (Paddle or ONNX Runtime) for one model version, with its plan; used by workers and offline tools."""
 
     def __init__(
-        self, config: ModelConfig, version_dir: Path, model: str = "", plan: PredictorPlan | None = None
+        self, config: ModelConfig, version_dir: Path, model: str = "", plan: PredictorPlan | SessionPlan | None = None
     ) -> None:
-        import paddle
-
-        self.plan = plan or plan_predictor(config, version_dir, paddle.device.is_compiled_with_cuda(), model)
+        self.plan = plan or plan_engine(config, version_dir, model)
         self.predictor = build_predictor(self.plan)
         self.input = self.predictor.get_input_handle(config.input.name)
         outputs = self.predictor.get_output_names()

@@ -16,6 +16,7 @@ from pdserve.pipeline.commands import (
     build_engines,
     calibrate,
     collect_shapes,
+    convert,
     evaluate,
     export,
     preprocess,
@@ -26,6 +27,7 @@ from pdserve.pipeline.commands import (
 # Subcommand name -> module, in the order ``pdserve --help`` lists them.
 COMMANDS: dict[str, ModuleType] = {
     "export": export,
+    "convert": convert,
     "quantize": quantize,
     "evaluate": evaluate,
     "preprocess": preprocess,

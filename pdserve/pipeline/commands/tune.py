@@ -21,7 +21,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clients", type=int, default=16, help="closed-loop clients for the throughput goal")
     p.add_argument("--seconds", type=float, default=10.0, help="load per candidate")
     p.add_argument("--layouts", nargs="+", help="instances x threads to try, e.g. 1x2 2x1 (default: every split)")
-    p.add_argument("--engines", nargs="+", choices=["onednn", "openvino"], help="default: both")
+    p.add_argument(
+        "--engines",
+        nargs="+",
+        choices=["onednn", "openvino", "onnxruntime"],
+        help="default: each this model can run (onnxruntime where the version has model.onnx)",
+    )
     p.add_argument("--batch-sizes", type=int, nargs="+", help="max_batch_size values (default: 1 4 8 16)")
     p.add_argument("--delays-ms", type=float, nargs="+", help="max_queue_delay_ms values (default: 0 2 5)")
     p.add_argument("--cores", type=int, help="cores to plan for (default: those this process may use)")
