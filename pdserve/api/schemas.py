@@ -50,6 +50,7 @@ class InstanceInfo(BaseModel):
     pid: int | None
     state: str
     restarts: int
+    device: str = Field("cpu", description="Where this worker runs: cpu or gpu:N (config.yaml's device or devices).")
     healthy: bool = Field(
         True, description="Counted by readiness: serving, and not hung since its last finished batch."
     )

@@ -261,7 +261,7 @@ class ModelVersion:
         policy = BatchPolicy(
             max_batch_size=self.config.max_batch_size,
             max_delay_s=self.config.max_queue_delay_ms / 1000,
-            concurrency=self.config.instances,
+            concurrency=len(pool.instances),  # instances on each of config.devices
             sizes=self.config.padded_batch_sizes if self.config.trims_batches else (),
         )
         admission_total = metrics.admission

@@ -16,6 +16,7 @@ from typing import Any
 from pdserve.errors import ModelUnavailable, ShuttingDown
 from pdserve.model_config import ModelConfig
 from pdserve.runtime.contract import KindRuntime
+from pdserve.runtime.placement import place
 from pdserve.runtime.process import ProcessWorker, WorkerHandle, WorkerOptions
 from pdserve.runtime.signature import Signature
 from pdserve.runtime.supervisor import SERVING, Instance, InstanceState, Launcher, RestartPolicy
@@ -51,7 +52,11 @@ class WorkerPool:
         self._observer = observer or PoolObserver()
         self._batch_sizes = config.padded_batch_sizes
         self._batching = kind.batching(config)
-        launch = launch or (lambda index: ProcessWorker(model, version_dir, config, index, kind, options.nice))
+        # One config per worker with its own device: instances on each of config.devices (placement.py).
+        self._placed = place(config, model)
+        self.devices = [c.device for c in self._placed]
+        placed = self._placed
+        launch = launch or (lambda index: ProcessWorker(model, version_dir, placed[index], index, kind, options.nice))
         self.instances = [
             Instance(
                 model,
@@ -62,7 +67,7 @@ class WorkerPool:
                 self._changed,
                 self._observer.restarted,
             )
-            for index in range(config.instances)
+            for index in range(len(self._placed))
         ]
         self._idle: deque[Instance] = deque()
         self._wake = asyncio.Event()
@@ -88,7 +93,7 @@ class WorkerPool:
         return all(i.state is InstanceState.FAILED for i in self.instances)
 
     def describe(self) -> list[dict[str, object]]:
-        return [i.describe() for i in self.instances]
+        return [{**i.describe(), "device": d} for i, d in zip(self.instances, self.devices, strict=True)]
 
     def _changed(self, inst: Instance) -> None:
         if inst.state is InstanceState.READY:

@@ -312,3 +312,15 @@ async def test_a_batch_waiting_for_an_instance_learns_of_the_stop() -> None:
     await stopping
     with pytest.raises(WorkerDied):
         await running
+
+
+async def test_instances_on_each_of_the_devices_start_interleaved_with_their_own_device() -> None:
+    """Issue 25: devices [gpu:0, gpu:1] with 2 instances: 4 workers, each told its GPU."""
+    config = ModelConfig(instances=2, devices=["gpu:0", "gpu:1"], device="gpu:0")
+    policy = RestartPolicy(max_failed_starts=2, backoff_base_s=0.001, backoff_max_s=0.004)
+    launch = Launcher()
+    p = WorkerPool("m", None, config, WorkerOptions(5), KINDS["image"], launch=launch, policy=policy)  # type: ignore[arg-type]
+    await p.start()
+    assert [i["device"] for i in p.describe()] == ["gpu:0", "gpu:1", "gpu:0", "gpu:1"]
+    assert len(launch.workers) == 4
+    await p.stop()
