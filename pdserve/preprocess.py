@@ -16,6 +16,7 @@ _INTERPOLATION = {
     "bicubic": cv2.INTER_CUBIC,
     "area": cv2.INTER_AREA,
     "nearest": cv2.INTER_NEAREST,
+    "lanczos": cv2.INTER_LANCZOS4,
 }
 # MPO is a camera JPEG carrying extra pictures (stereo, depth); its first frame is a plain JPEG.
 SUPPORTED_FORMATS = {"JPEG", "MPO", "PNG", "WEBP", "BMP"}
@@ -91,17 +92,25 @@ def _trim_long_side(rgb: np.ndarray, spec: Preprocessing) -> np.ndarray:
 
 
 def crop(rgb: np.ndarray, spec: Preprocessing) -> np.ndarray:
-    """Resize the shorter side and center-crop; returns uint8 HWC (a quarter of float32's bytes).
+    """Resize the shorter side (or to ``resize_to``) and center-crop; returns uint8 HWC (a quarter of
+    float32's bytes).
 
     Serving sends this to the worker, which normalises whole batches at once (``normalize``)."""
+    if spec.resize_to is not None:
+        resized = cv2.resize(rgb, spec.resize_to, interpolation=_INTERPOLATION[spec.interpolation])
+        return _center(resized, spec.crop)
     rgb = _trim_long_side(rgb, spec)
     height, width = rgb.shape[:2]
     scale = spec.resize_shorter / min(height, width)
     size = (max(spec.crop, round(width * scale)), max(spec.crop, round(height * scale)))
     resized = cv2.resize(rgb, size, interpolation=_INTERPOLATION[spec.interpolation])
-    top = (resized.shape[0] - spec.crop) // 2
-    left = (resized.shape[1] - spec.crop) // 2
-    return np.ascontiguousarray(resized[top : top + spec.crop, left : left + spec.crop])
+    return _center(resized, spec.crop)
+
+
+def _center(resized: np.ndarray, side: int) -> np.ndarray:
+    top = (resized.shape[0] - side) // 2
+    left = (resized.shape[1] - side) // 2
+    return np.ascontiguousarray(resized[top : top + side, left : left + side])
 
 
 class Normalizer:
@@ -128,7 +137,7 @@ def preprocess(rgb: np.ndarray, spec: Preprocessing) -> np.ndarray:
 
 
 def _min_short_side(spec: Preprocessing) -> int | None:
-    return spec.resize_shorter if spec.reduced_jpeg_decode else None
+    return spec.resize_shorter if spec.reduced_jpeg_decode and spec.resize_to is None else None
 
 
 def load_and_crop(data: bytes, spec: Preprocessing, max_pixels: int) -> np.ndarray:

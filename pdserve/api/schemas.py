@@ -65,6 +65,10 @@ class VersionInfo(BaseModel):
     version: int
     state: str
     error: str | None
+    program: str | None = Field(None, description="The program file served, e.g. model.pdmodel or inference.json.")
+    format: str | None = Field(
+        None, description="pdmodel (Paddle 2 ProgramDesc) or pir (Paddle 3 PIR program, JSON).", examples=["pir"]
+    )
     instances: list[InstanceInfo]
     compute_timeout_ms: float | None = Field(
         None, description="In force: a batch running longer marks its worker hung (set, or derived at load)."

@@ -1,8 +1,10 @@
 """Reading a repository's folders: model folders, their configs, labels and version folders (no Paddle).
 
 Layout: ``<repo>/<model>/config.yaml``, an optional labels file, and numbered version folders
-``<repo>/<model>/<N>/model.pdmodel + model.pdiparams`` (or ``inference.*``, as Paddle's tools
-publish them). A folder that cannot be read fails that model only: its entry carries the reason.
+``<repo>/<model>/<N>/model.pdmodel + model.pdiparams`` (or ``model.json``, or ``inference.*``, as
+Paddle's tools publish them). A version folder's ``inference.yml`` / ``infer_cfg.yml`` configures
+the model when ``config.yaml`` does not (``published.py``). A folder that cannot be read fails that
+model only: its entry carries the reason.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pdserve.errors import ModelConfigError
-from pdserve.model_config import ModelConfig, load_model_config, version_folders
+from pdserve.model_config import ModelConfig, version_folders
+from pdserve.repository.published import load_config
 from pdserve.repository.version import ModelState, ModelVersion
 from pdserve.runtime.predictor_config import find_model_files, missing_model_files
 from pdserve.settings import Settings
@@ -118,22 +121,24 @@ def model_folders(root: Path) -> list[Path]:
 
 def scan_model(model_dir: Path, overrides: Overrides, quiet: bool = False) -> ModelEntry:
     try:
-        config = overrides.apply(load_model_config(model_dir))
-        labels = _read_labels(model_dir, config)
+        loaded = load_config(model_dir)
+        config = overrides.apply(loaded.config)
+        labels = _read_labels(model_dir, config) or loaded.labels
         dirs = _version_dirs(model_dir, config)
     except ModelConfigError as exc:
         if not quiet:  # polling re-reads broken folders every interval: say it once, when loading
             log.error("%s", exc.message)
         return ModelEntry(model_dir.name, model_dir, None, {}, error=exc.message)
+    extra = [loaded.published] if loaded.published else []
     versions = {
-        v: ModelVersion(model_dir.name, v, p, config, labels, fingerprint=_fingerprint(p, model_dir, config))
+        v: ModelVersion(model_dir.name, v, p, config, labels, fingerprint=_fingerprint(p, model_dir, config, extra))
         for v, p in dirs.items()
     }
     return ModelEntry(model_dir.name, model_dir, config, versions)
 
 
-def _fingerprint(version_dir: Path, model_dir: Path, config: ModelConfig) -> tuple[object, ...]:
-    files = list(find_model_files(version_dir) or ())
+def _fingerprint(version_dir: Path, model_dir: Path, config: ModelConfig, extra: list[Path]) -> tuple[object, ...]:
+    files = [*(find_model_files(version_dir) or ()), *extra]
     if config.labels is not None:
         files.append(model_dir / config.labels)
     stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.exists()]
