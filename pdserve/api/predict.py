@@ -10,14 +10,31 @@ from pdserve.api.accounting import Accounted, unless_disconnected
 from pdserve.api.auth import ApiKey
 from pdserve.api.deps import Service
 from pdserve.api.inputs import BodyLimits, check_media_type, read_images
-from pdserve.api.schemas import BatchPredictResponse, ErrorResponse, ImageResult, PredictResponse
+from pdserve.api.schemas import (
+    BatchPredictResponse,
+    DetectionResult,
+    DetectResponse,
+    ErrorResponse,
+    ImageResult,
+    PredictResponse,
+)
 from pdserve.service import InferenceService, ModelVersion
 
 router = APIRouter(tags=["inference"])
 
 ModelQuery = Annotated[str | None, Query(description="Model name; optional when one model or a default is set.")]
 VersionQuery = Annotated[int | None, Query(ge=1, description="Model version; default: the newest loaded.")]
-TopK = Annotated[int, Query(ge=1, le=1000, description="How many classes to return, best first.")]
+TopK = Annotated[int, Query(ge=1, le=1000, description="Classifiers: how many classes to return, best first.")]
+ScoreThreshold = Annotated[
+    float | None,
+    Query(
+        ge=0,
+        le=1,
+        description="Detectors: the lowest score of a box returned; default: the model's "
+        "detection.score_threshold (draw_threshold of its infer_cfg.yml).",
+    ),
+]
+Answer = PredictResponse | DetectResponse | BatchPredictResponse
 TimeoutHeader = Annotated[
     int | None,
     Header(
@@ -99,14 +116,15 @@ _BODY = {
 }
 
 
-def _response(
-    target: ModelVersion, results: list[dict[str, Any]], many: bool
-) -> PredictResponse | BatchPredictResponse:
+def _response(target: ModelVersion, results: list[dict[str, Any]], many: bool) -> Answer:
+    detector = "boxes" in results[0]
     if many:
+        item = DetectionResult if detector else ImageResult
         return BatchPredictResponse(
-            model=target.name, version=target.version, results=[ImageResult.model_validate(r) for r in results]
+            model=target.name, version=target.version, results=[item.model_validate(r) for r in results]
         )
-    return PredictResponse.model_validate({"model": target.name, "version": target.version, **results[0]})
+    one = DetectResponse if detector else PredictResponse
+    return one.model_validate({"model": target.name, "version": target.version, **results[0]})
 
 
 async def _predict(
@@ -114,9 +132,9 @@ async def _predict(
     service: InferenceService,
     model: str | None,
     version: int | None,
-    top_k: int,
+    params: dict[str, Any],
     timeout_ms: int | None,
-) -> PredictResponse | BatchPredictResponse:
+) -> Answer:
     settings = service.settings
     with Accounted(service) as accounted:
         service.lifecycle.check_accepting()
@@ -127,16 +145,16 @@ async def _predict(
         service.check_room(target)  # a full model refuses before the body is read
         limits = BodyLimits(settings.max_body_bytes, settings.body_timeout_s, settings.max_images_per_request)
         images, many = await read_images(request, limits, service.limits)
-        results = await unless_disconnected(request, service.predict(target, images, {"top_k": top_k}, deadline))
+        results = await unless_disconnected(request, service.predict(target, images, params, deadline))
         return _response(target, results, many)
 
 
 @router.post(
     "/predict",
-    response_model=PredictResponse | BatchPredictResponse,
+    response_model=Answer,
     responses=_ERRORS,
     openapi_extra=_BODY,
-    summary="Classify one or several images",
+    summary="Classify, or detect objects in, one or several images",
 )
 async def predict(
     request: Request,
@@ -145,19 +163,22 @@ async def predict(
     model: ModelQuery = None,
     version: VersionQuery = None,
     top_k: TopK = 5,
+    score_threshold: ScoreThreshold = None,
     timeout_ms: TimeoutHeader = None,
-) -> PredictResponse | BatchPredictResponse:
+) -> Answer:
     """Post an image as multipart ``file`` (repeat it for several), as the raw body, or as
-    ``{"image": "<base64>"}``; get the ``top_k`` classes, best first."""
-    return await _predict(request, service, model, version, top_k, timeout_ms)
+    ``{"image": "<base64>"}``; get the ``top_k`` classes, best first (classifiers), or the boxes
+    scoring at least ``score_threshold``, best first, in the image's pixels (detectors)."""
+    params = {"top_k": top_k, "score_threshold": score_threshold}
+    return await _predict(request, service, model, version, params, timeout_ms)
 
 
 @router.post(
     "/models/{name}/predict",
-    response_model=PredictResponse | BatchPredictResponse,
+    response_model=Answer,
     responses=_ERRORS,
     openapi_extra=_BODY,
-    summary="Classify with a named model",
+    summary="Classify or detect with a named model",
 )
 async def predict_model(
     request: Request,
@@ -166,7 +187,9 @@ async def predict_model(
     name: Annotated[str, Path(description="Model name")],
     version: VersionQuery = None,
     top_k: TopK = 5,
+    score_threshold: ScoreThreshold = None,
     timeout_ms: TimeoutHeader = None,
-) -> PredictResponse | BatchPredictResponse:
+) -> Answer:
     """Same as ``POST /predict?model=<name>``."""
-    return await _predict(request, service, name, version, top_k, timeout_ms)
+    params = {"top_k": top_k, "score_threshold": score_threshold}
+    return await _predict(request, service, name, version, params, timeout_ms)

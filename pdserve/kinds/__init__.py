@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from pdserve.errors import ModelConfigError
 from pdserve.kinds.base import ModelKind
+from pdserve.kinds.detection import DetectionKind
 from pdserve.kinds.image import ImageKind
 from pdserve.kinds.tensor import TensorKind
 
-KINDS: dict[str, ModelKind] = {kind.name: kind for kind in (ImageKind(), TensorKind())}
+KINDS: dict[str, ModelKind] = {kind.name: kind for kind in (ImageKind(), TensorKind(), DetectionKind())}
 
 
 def kind_of(name: str) -> ModelKind:
