@@ -412,6 +412,10 @@ def register(sub: Any) -> None:
     p.add_argument("--write", action="store_true", help="write the best into the model's config.yaml")
     p.add_argument("--report", type=Path, help="also write the full report as JSON here")
 
+    from pdserve.pipeline import import_model
+
+    import_model.add_parser(sub)
+
     p = add("bench", _bench, "in-process latency and throughput with a full inference report")
     p.add_argument("--models", type=Path, nargs="+", required=True, help="model folders; ratios are to the first")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
