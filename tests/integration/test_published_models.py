@@ -44,7 +44,21 @@ spec = [paddle.static.InputSpec([None, 3, 32, 32], "float32", "x")]
 for name in ("classifier", "refused"):
     paddle.jit.save(paddle.jit.to_static(net, input_spec=spec, full_graph=True), str(repo / name / "1" / "inference"))
 toy_detector.export(repo / "detector" / "1" / "model", size=64)
-efficientnet_pir.reexport(Path(sys.argv[2]), repo / "efficientnet_pir" / "1")
+if len(sys.argv) > 2:
+    efficientnet_pir.reexport(Path(sys.argv[2]), repo / "efficientnet_pir" / "1")
+"""
+
+EXPORT_LEGACY = """
+import sys
+import paddle
+from paddle import nn
+
+paddle.seed(0)  # the same weights as the PIR classifier's
+net = nn.Sequential(nn.Conv2D(3, 8, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2D(1), nn.Flatten(),
+                    nn.Linear(8, 3), nn.Softmax())
+net.eval()
+spec = [paddle.static.InputSpec([None, 3, 32, 32], "float32", "x")]
+paddle.jit.save(paddle.jit.to_static(net, input_spec=spec, full_graph=True), sys.argv[1] + "/inference")
 """
 
 # PaddleX 3's inference.yml layout (PP-LCNet's, with this toy model's sizes and three labels)
@@ -71,6 +85,27 @@ PostProcess:
     - cat
     - dog
     - bird
+"""
+
+# PaddleClas 2.x's exported inference.yml layout (the same transforms, written its way)
+PADDLECLAS_YML = """\
+PreProcess:
+  transform_ops:
+  - ResizeImage:
+      resize_short: 36
+  - CropImage:
+      size: 32
+  - NormalizeImage:
+      scale: 1.0/255.0
+      mean: [0.485, 0.456, 0.406]
+      std: [0.229, 0.224, 0.225]
+      order: ''
+  - ToCHWImage:
+PostProcess:
+  name: Topk
+  Topk:
+    topk: 5
+    class_id_map_file: ppcls/utils/imagenet1k_label_list.txt
 """
 
 # PaddleDetection 2.x's infer_cfg.yml layout (tools/export_model.py)
@@ -109,7 +144,14 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     legacy = MODEL_REPO / "efficientnet_lite0"
     env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}  # Paddle 3's default: PIR programs
     subprocess.run([sys.executable, str(script), str(repo), str(legacy / "1")], check=True, env=env)
+    # PaddleClas 2.x's layout: the legacy program as inference.pdmodel, scale written as a fraction
+    legacy_dir = repo / "paddleclas_legacy" / "1"
+    legacy_dir.mkdir(parents=True)
+    script.write_text(EXPORT_LEGACY)
+    subprocess.run([sys.executable, str(script), str(legacy_dir)], check=True, env={**env, "FLAGS_enable_pir_api": "0"})
     script.unlink()
+    (legacy_dir / "inference.pdiparams.info").unlink(missing_ok=True)
+    (legacy_dir / "inference.yml").write_text(PADDLECLAS_YML)
     (repo / "classifier" / "1" / "inference.yml").write_text(CLASSIFIER_YML)
     (repo / "refused" / "1" / "inference.yml").write_text(CLASSIFIER_YML.replace("CropImage", "RandCropImage"))
     (repo / "detector" / "1" / "infer_cfg.yml").write_text(DETECTOR_YML)
@@ -130,7 +172,15 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(repo: Path) -> Iterator[ServerThread]:
     with running_app(repo, ready=False, strict_readiness=False) as s:
-        for name in ("classifier", "detector", "detector_raw", "efficientnet_legacy", "efficientnet_pir"):
+        models = (
+            "classifier",
+            "paddleclas_legacy",
+            "detector",
+            "detector_raw",
+            "efficientnet_legacy",
+            "efficientnet_pir",
+        )
+        for name in models:
             wait_until(partial(serving, s.url, name), 180, f"{name} to serve")
         yield s
 
@@ -172,6 +222,7 @@ def test_models_report_format_and_derived_config(client: httpx.Client) -> None:
     assert models["detector"]["kind"] == "detection"
     assert models["detector"]["instances"] == 1  # config.yaml beside infer_cfg.yml
     assert models["efficientnet_legacy"]["versions"][0]["format"] == "pdmodel"
+    assert models["paddleclas_legacy"]["versions"][0]["program"] == "inference.pdmodel"
     assert models["efficientnet_pir"]["versions"][0]["format"] == "pir"
 
 
@@ -207,6 +258,12 @@ def test_pir_classifier_serves_with_paddlex_preprocessing_and_labels(client: htt
         v2.close()
     ours = {p["class_id"]: p["score"] for p in body["predictions"]}
     np.testing.assert_allclose([ours[i] for i in range(3)], probs, atol=1e-5)
+    # The same network exported the legacy way in PaddleClas 2.x's layout: the same answer.
+    legacy = client.post("/models/paddleclas_legacy/predict?top_k=3", content=data, headers=JPEG).json()
+    assert {p["class_id"]: p["label"] for p in legacy["predictions"]} == {0: "0", 1: "1", 2: "2"}  # no label list
+    np.testing.assert_allclose(
+        [p["score"] for p in legacy["predictions"]], [p["score"] for p in body["predictions"]], atol=1e-5
+    )
 
 
 def test_pir_efficientnet_answers_as_the_legacy_one_on_the_report_split(client: httpx.Client) -> None:
