@@ -31,7 +31,12 @@ class Preprocessing(_Section):
     """Decode to RGB, resize the shorter side, center-crop, then (x - mean) / std per channel."""
 
     resize_shorter: PositiveInt = Field(256, description="Length of the shorter side after resizing.")
-    interpolation: Literal["bilinear", "bicubic", "area", "nearest"] = "bilinear"
+    resize_to: tuple[PositiveInt, PositiveInt] | None = Field(
+        None,
+        description="Resize to exactly this width and height instead (resize_shorter is then unused), as "
+        "PaddleClas's ResizeImage with size; the center crop follows.",
+    )
+    interpolation: Literal["bilinear", "bicubic", "area", "nearest", "lanczos"] = "bilinear"
     crop: PositiveInt = Field(224, description="Side of the center crop; must match the input's H and W.")
     mean: tuple[float, float, float] = Field((123.675, 116.28, 103.53), description="RGB, on 0..255 pixels.")
     std: tuple[float, float, float] = Field((58.395, 57.12, 57.375), description="RGB, on 0..255 pixels.")
@@ -49,12 +54,57 @@ class Preprocessing(_Section):
             raise ValueError("std must not contain 0")
         return v
 
+    @model_validator(mode="after")
+    def _crop_fits(self) -> Preprocessing:
+        if self.resize_to is not None and self.crop > min(self.resize_to):
+            raise ValueError(f"crop ({self.crop}) must fit in resize_to {list(self.resize_to)}")
+        return self
+
 
 class Output(_Section):
     name: str | None = Field(None, description="Output tensor to read; default: the model's first output.")
     softmax_applied: bool = Field(
         True, description="True if the model already ends in a softmax; otherwise the server applies one."
     )
+
+
+class Detection(_Section):
+    """``kind: detection``: PaddleDetection's deploy preprocessing (``infer_cfg.yml``'s ``Preprocess``)
+    and the score threshold. The image is decoded to RGB, resized with ``cv2.resize(fx, fy)``, normalised
+    ``(x [/ 255] - mean) / std`` and laid out CHW; batches are padded to one shape (bottom and right)."""
+
+    target_size: tuple[PositiveInt, PositiveInt] = Field((640, 640), description="Resize target, [H, W].")
+    keep_ratio: bool = Field(
+        False,
+        description="false: stretch to target_size. true: one scale for both sides, the short side to the smaller "
+        "target and the long side at most the larger (PaddleDetection's Resize); images are then padded to "
+        "[max(target_size)] * 2.",
+    )
+    interp: int = Field(1, ge=0, le=4, description="OpenCV interpolation code (infer_cfg.yml's interp; 2: bicubic).")
+    is_scale: bool = Field(True, description="Divide by 255 before the mean and std (on 0..1 pixels).")
+    norm_type: Literal["mean_std", "none"] = Field("mean_std", description="none: no mean/std step.")
+    mean: tuple[float, float, float] = Field((0.485, 0.456, 0.406), description="RGB, on the scaled pixels.")
+    std: tuple[float, float, float] = Field((0.229, 0.224, 0.225), description="RGB, on the scaled pixels.")
+    pad_stride: int = Field(0, ge=0, description="Pad H and W up to a multiple of this (PadStride); 0: none.")
+    score_threshold: float = Field(
+        0.5, ge=0, le=1, description="Boxes scoring below it are dropped; a request's score_threshold overrides it."
+    )
+    arch: str | None = Field(None, description="The architecture the export names (infer_cfg.yml's arch).")
+
+    @field_validator("std")
+    @classmethod
+    def _std_nonzero(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(s == 0 for s in v):
+            raise ValueError("std must not contain 0")
+        return v
+
+    @property
+    def padded_size(self) -> tuple[int, int]:
+        """[H, W] every image of a batch is padded to: one shape, so a batch equals its images alone."""
+        h, w = (max(self.target_size),) * 2 if self.keep_ratio else self.target_size
+        if self.pad_stride:
+            h, w = (-(-d // self.pad_stride) * self.pad_stride for d in (h, w))
+        return h, w
 
 
 class DynamicShape(_Section):
@@ -185,11 +235,13 @@ class ModelConfig(_Section):
         description="What the model takes and answers, one of pdserve.kinds.KINDS (checked when the repository "
         "is read). image: an image classifier fed encoded images (input, preprocessing, output apply). "
         "tensor: any Paddle inference model, fed named tensors over the v2 protocol; its inputs and outputs "
-        "are read from the model itself.",
+        "are read from the model itself. detection: a PaddleDetection export (image, im_shape, scale_factor -> "
+        "bbox, bbox_num) fed encoded images (detection applies).",
     )
     input: InputSpec = InputSpec()
     preprocessing: Preprocessing = Preprocessing()
     output: Output = Output()
+    detection: Detection = Detection()
     labels: str | None = Field(None, description="File of class names in class-id order, one a line.")
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
     device: str = Field("cpu", description="'cpu' or 'gpu:N'.")
@@ -342,17 +394,31 @@ def _format_error(path: Path, err: ValidationError) -> str:
     return f"{path}: " + "; ".join(parts)
 
 
-def load_model_config(model_dir: Path) -> ModelConfig:
-    """Read and validate ``model_dir/config.yaml``; errors name the file and the field."""
+def read_config_file(model_dir: Path) -> dict[str, Any] | None:
+    """``model_dir/config.yaml`` as a mapping, unvalidated; None when there is none."""
     path = model_dir / CONFIG_FILE
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
-        raise ModelConfigError(f"{path}: missing (every model folder needs a {CONFIG_FILE})") from None
+        return None
     except yaml.YAMLError as e:
         raise ModelConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ModelConfigError(f"{path}: must be a mapping of field: value")
+    return raw
+
+
+def load_model_config(model_dir: Path) -> ModelConfig:
+    """Read and validate ``model_dir/config.yaml``; errors name the file and the field."""
+    raw = read_config_file(model_dir)
+    if raw is None:
+        raise ModelConfigError(f"{model_dir / CONFIG_FILE}: missing (every model folder needs a {CONFIG_FILE})")
+    return validate_config(model_dir, raw)
+
+
+def validate_config(model_dir: Path, raw: dict[str, Any], source: str = CONFIG_FILE) -> ModelConfig:
+    """A mapping as a ``ModelConfig``; errors name ``source`` (a file in ``model_dir``) and the field."""
+    path = model_dir / source
     try:
         config = ModelConfig.model_validate(raw)
     except ValidationError as e:

@@ -9,13 +9,14 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from pdserve.errors import ImageTooLarge, InvalidImage
-from pdserve.model_config import Preprocessing
+from pdserve.model_config import Detection, Preprocessing
 
 _INTERPOLATION = {
     "bilinear": cv2.INTER_LINEAR,
     "bicubic": cv2.INTER_CUBIC,
     "area": cv2.INTER_AREA,
     "nearest": cv2.INTER_NEAREST,
+    "lanczos": cv2.INTER_LANCZOS4,
 }
 # MPO is a camera JPEG carrying extra pictures (stereo, depth); its first frame is a plain JPEG.
 SUPPORTED_FORMATS = {"JPEG", "MPO", "PNG", "WEBP", "BMP"}
@@ -91,17 +92,25 @@ def _trim_long_side(rgb: np.ndarray, spec: Preprocessing) -> np.ndarray:
 
 
 def crop(rgb: np.ndarray, spec: Preprocessing) -> np.ndarray:
-    """Resize the shorter side and center-crop; returns uint8 HWC (a quarter of float32's bytes).
+    """Resize the shorter side (or to ``resize_to``) and center-crop; returns uint8 HWC (a quarter of
+    float32's bytes).
 
     Serving sends this to the worker, which normalises whole batches at once (``normalize``)."""
+    if spec.resize_to is not None:
+        resized = cv2.resize(rgb, spec.resize_to, interpolation=_INTERPOLATION[spec.interpolation])
+        return _center(resized, spec.crop)
     rgb = _trim_long_side(rgb, spec)
     height, width = rgb.shape[:2]
     scale = spec.resize_shorter / min(height, width)
     size = (max(spec.crop, round(width * scale)), max(spec.crop, round(height * scale)))
     resized = cv2.resize(rgb, size, interpolation=_INTERPOLATION[spec.interpolation])
-    top = (resized.shape[0] - spec.crop) // 2
-    left = (resized.shape[1] - spec.crop) // 2
-    return np.ascontiguousarray(resized[top : top + spec.crop, left : left + spec.crop])
+    return _center(resized, spec.crop)
+
+
+def _center(resized: np.ndarray, side: int) -> np.ndarray:
+    top = (resized.shape[0] - side) // 2
+    left = (resized.shape[1] - side) // 2
+    return np.ascontiguousarray(resized[top : top + side, left : left + side])
 
 
 class Normalizer:
@@ -128,7 +137,7 @@ def preprocess(rgb: np.ndarray, spec: Preprocessing) -> np.ndarray:
 
 
 def _min_short_side(spec: Preprocessing) -> int | None:
-    return spec.resize_shorter if spec.reduced_jpeg_decode else None
+    return spec.resize_shorter if spec.reduced_jpeg_decode and spec.resize_to is None else None
 
 
 def load_and_crop(data: bytes, spec: Preprocessing, max_pixels: int) -> np.ndarray:
@@ -138,3 +147,61 @@ def load_and_crop(data: bytes, spec: Preprocessing, max_pixels: int) -> np.ndarr
 
 def load_and_preprocess(data: bytes, spec: Preprocessing, max_pixels: int) -> np.ndarray:
     return preprocess(decode_image(data, max_pixels, _min_short_side(spec)), spec)
+
+
+# ---- kind: detection (PaddleDetection's deploy preprocessing: Resize, NormalizeImage, Permute) ----
+
+
+def detection_scale(height: int, width: int, spec: Detection) -> tuple[float, float]:
+    """(scale_y, scale_x) as PaddleDetection's ``Resize`` picks them."""
+    if spec.keep_ratio:
+        target_min, target_max = min(spec.target_size), max(spec.target_size)
+        scale = target_min / min(height, width)
+        if np.round(scale * max(height, width)) > target_max:  # the long side would overflow: fit it instead
+            scale = target_max / max(height, width)
+        return scale, scale
+    target_h, target_w = spec.target_size
+    return target_h / height, target_w / width
+
+
+def resize_for_detection(rgb: np.ndarray, spec: Detection) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The resized uint8 HWC image, ``im_shape`` [h, w] and ``scale_factor`` [scale_y, scale_x] (float32).
+
+    ``cv2.resize`` with ``fx`` / ``fy`` (not a size): OpenCV then maps pixels by the factors themselves,
+    as PaddleDetection's deploy code does; a size would give slightly different pixels."""
+    height, width = rgb.shape[:2]
+    scale_y, scale_x = detection_scale(height, width, spec)
+    resized = cv2.resize(rgb, None, None, fx=scale_x, fy=scale_y, interpolation=spec.interp)
+    return resized, np.array(resized.shape[:2], np.float32), np.array([scale_y, scale_x], np.float32)
+
+
+class DetectionNormalizer:
+    """uint8 HWC images to float32 CHW, padded bottom-right to one size, with the same numpy operations in
+    the same order as PaddleDetection's ``NormalizeImage`` and ``Permute`` (so the same float32 values)."""
+
+    def __init__(self, spec: Detection) -> None:
+        self.spec = spec
+        self.mean = np.array(spec.mean, np.float64)  # float64, as PaddleDetection's np.array(list)
+        self.std = np.array(spec.std, np.float64)
+
+    def hwc(self, images: np.ndarray) -> np.ndarray:
+        """``[..., H, W, 3]`` uint8 -> float32, normalised, still HWC."""
+        x = images.astype(np.float32)
+        if self.spec.is_scale:
+            x = x / 255.0
+        if self.spec.norm_type == "mean_std":
+            x -= self.mean  # in place: computed in float64, stored as float32, as PaddleDetection does
+            x /= self.std
+        return x
+
+    def batch(self, images: list[np.ndarray], size: tuple[int, int]) -> np.ndarray:
+        """``[N, 3, H, W]`` float32: every image normalised and placed top-left on zeros of ``size``."""
+        out = np.zeros((len(images), 3, *size), np.float32)
+        if all(im.shape[:2] == size for im in images):  # stretched to the target: one pass over the batch
+            out[:] = np.moveaxis(self.hwc(np.stack(images)), -1, 1)
+            return out
+        for i, image in enumerate(images):
+            image = image[: size[0], : size[1]]  # keep_ratio rounds within the target; never past it
+            h, w = image.shape[:2]
+            out[i, :, :h, :w] = np.moveaxis(self.hwc(image), -1, 0)
+        return out

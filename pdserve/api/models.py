@@ -29,6 +29,8 @@ def model_info(entry: ModelEntry) -> ModelInfo:
             error=v.error,
             instances=[InstanceInfo(**i) for i in v.instances()],
             compute_timeout_ms=v.compute_timeout_s * 1000 if v.compute_timeout_s else None,
+            program=program[0] if (program := v.program) else None,
+            format=program[1] if program else None,
         )
         for v in sorted(entry.versions.values(), key=lambda v: v.version)
     ]

@@ -11,14 +11,29 @@ from pdserve.api.accounting import Accounted, unless_disconnected
 from pdserve.api.auth import ApiKey
 from pdserve.api.deps import Service
 from pdserve.api.inputs import BodyLimits, check_media_type, read_images
-from pdserve.api.schemas import BatchPredictResponse, ErrorResponse, PredictResponse
+from pdserve.api.schemas import (
+    BatchPredictResponse,
+    DetectResponse,
+    ErrorResponse,
+    PredictResponse,
+)
 from pdserve.service import InferenceService, ModelVersion
 
 router = APIRouter(tags=["inference"])
 
 ModelQuery = Annotated[str | None, Query(description="Model name; optional when one model or a default is set.")]
 VersionQuery = Annotated[int | None, Query(ge=1, description="Model version; default: the newest loaded.")]
-TopK = Annotated[int, Query(ge=1, le=1000, description="How many classes to return, best first.")]
+TopK = Annotated[int, Query(ge=1, le=1000, description="Classifiers: how many classes to return, best first.")]
+ScoreThreshold = Annotated[
+    float | None,
+    Query(
+        ge=0,
+        le=1,
+        description="Detectors: the lowest score of a box returned; default: the model's "
+        "detection.score_threshold (draw_threshold of its infer_cfg.yml).",
+    ),
+]
+Answer = PredictResponse | DetectResponse | BatchPredictResponse
 TimeoutHeader = Annotated[
     int | None,
     Header(
@@ -113,7 +128,7 @@ async def _predict(
     service: InferenceService,
     model: str | None,
     version: int | None,
-    top_k: int,
+    params: dict[str, Any],
     timeout_ms: int | None,
 ) -> JSONResponse:
     settings = service.settings
@@ -126,16 +141,16 @@ async def _predict(
         service.check_room(target)  # a full model refuses before the body is read
         limits = BodyLimits(settings.max_body_bytes, settings.body_timeout_s, settings.max_images_per_request)
         images, many = await read_images(request, limits, service.limits)
-        results = await unless_disconnected(request, service.predict(target, images, {"top_k": top_k}, deadline))
+        results = await unless_disconnected(request, service.predict(target, images, params, deadline))
         return _response(target, results, many)
 
 
 @router.post(
     "/predict",
-    response_model=PredictResponse | BatchPredictResponse,
+    response_model=Answer,
     responses=_ERRORS,
     openapi_extra=_BODY,
-    summary="Classify one or several images",
+    summary="Classify, or detect objects in, one or several images",
 )
 async def predict(
     request: Request,
@@ -144,19 +159,22 @@ async def predict(
     model: ModelQuery = None,
     version: VersionQuery = None,
     top_k: TopK = 5,
+    score_threshold: ScoreThreshold = None,
     timeout_ms: TimeoutHeader = None,
 ) -> JSONResponse:
     """Post an image as multipart ``file`` (repeat it for several), as the raw body, or as
-    ``{"image": "<base64>"}``; get the ``top_k`` classes, best first."""
-    return await _predict(request, service, model, version, top_k, timeout_ms)
+    ``{"image": "<base64>"}``; get the ``top_k`` classes, best first (classifiers), or the boxes
+    scoring at least ``score_threshold``, best first, in the image's pixels (detectors)."""
+    params = {"top_k": top_k, "score_threshold": score_threshold}
+    return await _predict(request, service, model, version, params, timeout_ms)
 
 
 @router.post(
     "/models/{name}/predict",
-    response_model=PredictResponse | BatchPredictResponse,
+    response_model=Answer,
     responses=_ERRORS,
     openapi_extra=_BODY,
-    summary="Classify with a named model",
+    summary="Classify or detect with a named model",
 )
 async def predict_model(
     request: Request,
@@ -165,7 +183,9 @@ async def predict_model(
     name: Annotated[str, Path(description="Model name")],
     version: VersionQuery = None,
     top_k: TopK = 5,
+    score_threshold: ScoreThreshold = None,
     timeout_ms: TimeoutHeader = None,
 ) -> JSONResponse:
     """Same as ``POST /predict?model=<name>``."""
-    return await _predict(request, service, name, version, top_k, timeout_ms)
+    params = {"top_k": top_k, "score_threshold": score_threshold}
+    return await _predict(request, service, name, version, params, timeout_ms)

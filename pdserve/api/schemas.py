@@ -23,10 +23,36 @@ class ImageResult(BaseModel):
     predictions: list[PredictionOut]
 
 
+class BoxOut(BaseModel):
+    class_id: int = Field(examples=[0])
+    label: str = Field(examples=["person"])
+    score: float = Field(examples=[0.91])
+    box: list[float] = Field(
+        min_length=4,
+        max_length=4,
+        description="x1, y1, x2, y2 in the posted image's pixels",
+        examples=[[12, 40, 96, 200]],
+    )
+
+
+class DetectResponse(BaseModel):
+    """A detector's answer (model kind detection): the boxes over score_threshold, best first."""
+
+    model: str = Field(examples=["ppyoloe"])
+    version: int = Field(examples=[1])
+    boxes: list[BoxOut]
+
+
+class DetectionResult(BaseModel):
+    boxes: list[BoxOut]
+
+
 class BatchPredictResponse(BaseModel):
     model: str
     version: int
-    results: list[ImageResult] = Field(description="One entry per posted image, in order.")
+    results: list[ImageResult | DetectionResult] = Field(
+        description="One entry per posted image, in order: classes (classifiers) or boxes (detectors)."
+    )
 
 
 class ErrorBody(BaseModel):
@@ -66,6 +92,10 @@ class VersionInfo(BaseModel):
     version: int
     state: str
     error: str | None
+    program: str | None = Field(None, description="The program file served, e.g. model.pdmodel or inference.json.")
+    format: str | None = Field(
+        None, description="pdmodel (Paddle 2 ProgramDesc) or pir (Paddle 3 PIR program, JSON).", examples=["pir"]
+    )
     instances: list[InstanceInfo]
     compute_timeout_ms: float | None = Field(
         None, description="In force: a batch running longer marks its worker hung (set, or derived at load)."
@@ -89,7 +119,7 @@ class ModelInfo(BaseModel):
     timeout_ms: int | None = None
     compute_timeout_ms: int | None = None
     required: bool | None = None
-    kind: str | None = Field(None, description="image, or tensor (inputs and outputs at /v2/models/{name})")
+    kind: str | None = Field(None, description="image, detection, or tensor (inputs and outputs at /v2/models/{name})")
     input: InputInfo | None = None
     random_weights: bool | None = None
 

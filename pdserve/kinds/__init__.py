@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from pdserve.errors import ModelConfigError
 from pdserve.kinds.base import ModelKind
+from pdserve.kinds.detection import DetectionKind
 from pdserve.kinds.image import ImageKind
 from pdserve.kinds.ocr import OcrKind
 from pdserve.kinds.tensor import TensorKind
 
-KINDS: dict[str, ModelKind] = {kind.name: kind for kind in (ImageKind(), TensorKind(), OcrKind())}
+KINDS: dict[str, ModelKind] = {kind.name: kind for kind in (ImageKind(), TensorKind(), DetectionKind(), OcrKind())}
 
 
 def kind_of(name: str) -> ModelKind:

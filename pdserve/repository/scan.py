@@ -1,8 +1,10 @@
 """Reading a repository's folders: model folders, their configs, labels and version folders (no Paddle).
 
 Layout: ``<repo>/<model>/config.yaml``, an optional labels file, and numbered version folders
-``<repo>/<model>/<N>/model.pdmodel + model.pdiparams`` (or ``inference.*``, as Paddle's tools
-publish them). A folder that cannot be read fails that model only: its entry carries the reason.
+``<repo>/<model>/<N>/model.pdmodel + model.pdiparams`` (or ``model.json``, or ``inference.*``, as
+Paddle's tools publish them). A version folder's ``inference.yml`` / ``infer_cfg.yml`` configures
+the model when ``config.yaml`` does not (``published.py``). A folder that cannot be read fails that
+model only: its entry carries the reason.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from pathlib import Path
 
 from pdserve.errors import ModelConfigError
 from pdserve.kinds import KINDS
-from pdserve.model_config import ModelConfig, load_model_config, version_folders
+from pdserve.model_config import ModelConfig, version_folders
+from pdserve.repository.published import load_config
 from pdserve.repository.version import ModelState, ModelVersion
 from pdserve.runtime.predictor_config import missing_model_files, served_files
 from pdserve.settings import Settings
@@ -120,26 +123,28 @@ def model_folders(root: Path) -> list[Path]:
 
 def scan_model(model_dir: Path, overrides: Overrides, quiet: bool = False) -> ModelEntry:
     try:
-        config = overrides.apply(load_model_config(model_dir))
+        loaded = load_config(model_dir)
+        config = overrides.apply(loaded.config)
         if config.kind not in KINDS:
             raise ModelConfigError(
                 f"{model_dir / 'config.yaml'}: field 'kind': unknown model kind {config.kind!r}; kinds: {sorted(KINDS)}"
             )
-        labels = _read_labels(model_dir, config)
+        labels = _read_labels(model_dir, config) or loaded.labels
         dirs = _version_dirs(model_dir, config)
     except ModelConfigError as exc:
         if not quiet:  # polling re-reads broken folders every interval: say it once, when loading
             log.error("%s", exc.message)
         return ModelEntry(model_dir.name, model_dir, None, {}, error=exc.message)
+    extra = [loaded.published] if loaded.published else []
     versions = {
-        v: ModelVersion(model_dir.name, v, p, config, labels, fingerprint=_fingerprint(p, model_dir, config))
+        v: ModelVersion(model_dir.name, v, p, config, labels, fingerprint=_fingerprint(p, model_dir, config, extra))
         for v, p in dirs.items()
     }
     return ModelEntry(model_dir.name, model_dir, config, versions)
 
 
-def _fingerprint(version_dir: Path, model_dir: Path, config: ModelConfig) -> tuple[object, ...]:
-    files = served_files(version_dir, config.engine)
+def _fingerprint(version_dir: Path, model_dir: Path, config: ModelConfig, extra: list[Path]) -> tuple[object, ...]:
+    files = [*served_files(version_dir, config.engine), *extra]
     if config.labels is not None:
         files.append(model_dir / config.labels)
     stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.exists()]

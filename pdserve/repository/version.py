@@ -28,6 +28,7 @@ from pdserve.metrics import Metrics
 from pdserve.model_config import ModelConfig
 from pdserve.repository.observers import BatchMetrics, PoolMetrics
 from pdserve.runtime.pool import WorkerPool
+from pdserve.runtime.predictor_config import find_model_files, program_format
 from pdserve.runtime.process import WorkerOptions
 from pdserve.runtime.signature import Signature
 from pdserve.stats import VersionStats
@@ -119,6 +120,12 @@ class ModelVersion:
     holds: Holds = field(default_factory=Holds, repr=False)
     _phase: ModelState = ModelState.PENDING  # PENDING -> LOADING -> READY | FAILED -> UNLOADING -> UNLOADED
     _load_error: str | None = None
+
+    @property
+    def program(self) -> tuple[str, str] | None:
+        """The program's file name and format (``pdmodel``: Paddle 2 ProgramDesc; ``pir``: Paddle 3 JSON)."""
+        found = find_model_files(self.path)
+        return (found[0].name, program_format(found[0])) if found else None
 
     @property
     def kind(self) -> ModelKind:

@@ -49,24 +49,39 @@ class PredictorPlan:
 
 
 PIR_ADVICE = (
-    "Paddle 3 writes this format unless FLAGS_enable_pir_api=0 is set before Python starts: re-export with "
-    "`FLAGS_enable_pir_api=0 python your_export.py` (paddle.jit.save then writes model.pdmodel), "
-    "or use pdserve export"
+    "pdserve quantize reads the legacy program: export the FP32 model again with FLAGS_enable_pir_api=0 set "
+    "before Python starts (`FLAGS_enable_pir_api=0 python your_export.py`: paddle.jit.save then writes "
+    "model.pdmodel), or use pdserve export, and quantize that; the PIR program itself serves as FP32"
 )
 
-
-# The legacy program under the names Paddle's own tools publish it: paddle.jit.save's default prefix
-# (and PaddleDetection's), and PaddleOCR / PaddleClas / PaddleSeg's inference.* exports.
+# The program under the names Paddle's own tools publish it: paddle.jit.save's default prefix (and
+# PaddleDetection's), then PaddleOCR / PaddleClas / PaddleSeg / PaddleX's inference.*. Within a prefix
+# the legacy ProgramDesc (.pdmodel) comes before Paddle 3's PIR program (.json): it quantizes and
+# takes enable_memory_optim.
 PREFIXES = ("model", "inference")
+SUFFIXES = {".pdmodel": "pdmodel", ".json": "pir"}  # program file suffix -> format reported in /models
 
 
 def find_model_files(version_dir: Path) -> tuple[Path, Path] | None:
-    """``<prefix>.pdmodel`` and ``<prefix>.pdiparams`` of the first prefix that has both, or None."""
+    """The program (``.pdmodel`` or PIR ``.json``) and ``.pdiparams`` of the first prefix that has both, or None."""
     for prefix in PREFIXES:
-        model_file, params_file = version_dir / f"{prefix}.pdmodel", version_dir / f"{prefix}.pdiparams"
-        if model_file.is_file() and params_file.is_file():
-            return model_file, params_file
+        params_file = version_dir / f"{prefix}.pdiparams"
+        if not params_file.is_file():
+            continue
+        for suffix in SUFFIXES:
+            model_file = version_dir / f"{prefix}{suffix}"
+            if model_file.is_file():
+                return model_file, params_file
     return None
+
+
+def program_format(model_file: Path) -> str:
+    """``pdmodel`` (Paddle 2's ProgramDesc, protobuf) or ``pir`` (Paddle 3's PIR program, JSON)."""
+    return SUFFIXES[model_file.suffix]
+
+
+def is_pir(model_file: Path) -> bool:
+    return program_format(model_file) == "pir"
 
 
 def served_files(version_dir: Path, engine: str = "onednn") -> list[Path]:
@@ -84,25 +99,29 @@ def missing_model_files(version_dir: Path, engine: str = "onednn") -> str | None
         return f"{version_dir}: engine onnxruntime needs {ONNX_FILE} (pdserve convert {version_dir.parent} writes it)"
     if find_model_files(version_dir) is not None:
         return None
-    pir = next((version_dir / f"{p}.json" for p in PREFIXES if (version_dir / f"{p}.json").is_file()), None)
-    if pir is not None:
-        return f"{pir}: a Paddle 3 PIR program; pdserve serves the legacy .pdmodel program. {PIR_ADVICE}"
-    return f"{version_dir}: needs model.pdmodel and model.pdiparams (or inference.pdmodel and inference.pdiparams)"
+    return (
+        f"{version_dir}: needs a program and its weights: model.pdmodel or model.json (Paddle 3 PIR) with "
+        "model.pdiparams, or the same as inference.*"
+    )
 
 
 def model_files(version_dir: Path) -> tuple[Path, Path]:
     """The program and weights of a version folder, or ``ModelLoadError`` saying what to do.
 
-    Only the legacy ProgramDesc (``.pdmodel``) is served. A Paddle 3 PIR program is JSON; given under
-    either name, Paddle's own error is a protobuf ``DecodeError`` that names neither."""
+    Paddle picks the program's parser by its suffix: a PIR program (JSON) named ``.pdmodel`` fails
+    with a protobuf ``DecodeError`` that names neither, so it is refused here with the fix."""
     found = find_model_files(version_dir)
     if found is None:
         raise ModelLoadError(missing_model_files(version_dir) or f"{version_dir}: no program")
     model_file, params_file = found
-    with model_file.open("rb") as f:
-        head = f.read(64).lstrip()
-    if head.startswith(b"{"):  # a ProgramDesc is protobuf: its first byte is a field tag, never '{'
-        raise ModelLoadError(f"{model_file}: a Paddle 3 PIR program (JSON), not a ProgramDesc. {PIR_ADVICE}")
+    if not is_pir(model_file):
+        with model_file.open("rb") as f:
+            head = f.read(64).lstrip()
+        if head.startswith(b"{"):  # a ProgramDesc is protobuf: its first byte is a field tag, never '{'
+            raise ModelLoadError(
+                f"{model_file}: a Paddle 3 PIR program (JSON) under the legacy name: rename it to "
+                f"{model_file.with_suffix('.json').name}"
+            )
     return model_file, params_file
 
 
@@ -112,9 +131,14 @@ def plan_predictor(config: ModelConfig, version_dir: Path, cuda_available: bool,
     model_file = plan.model_file
     plan.add("disable_glog_info")
     plan.add("switch_ir_optim", True)
-    # enable_memory_optim() breaks loading PIR model.json files (Paddle issue 75496); for the legacy
-    # model.pdmodel we serve it is safe and cuts activation memory.
-    plan.add("enable_memory_optim", True)
+    pir = is_pir(model_file)
+    # enable_memory_optim() fails to create a predictor for a PIR program on Paddle 3.3.1 ("Not find
+    # predictor_id 1 and pass_name memory_optimize_pass", Paddle issue 75496); for the legacy program
+    # it is safe and cuts activation memory.
+    if not pir:
+        plan.add("enable_memory_optim", True)
+    if pir and config.precision == "int8":
+        raise ModelLoadError(f"model {model!r}: precision int8 with a PIR program ({model_file.name}). {PIR_ADVICE}")
 
     gpu_id = config.gpu_id
     if gpu_id is None:
@@ -123,6 +147,11 @@ def plan_predictor(config: ModelConfig, version_dir: Path, cuda_available: bool,
         plan.add("disable_gpu")
         plan.add("set_cpu_math_library_num_threads", config.cpu_threads)
         if config.engine == "openvino":
+            if pir:  # OpenVINO's Paddle frontend reads ProgramDesc only (openvino issue 29325)
+                raise ModelLoadError(
+                    f"model {model!r}: engine openvino cannot read a PIR program ({model_file.name}): use engine "
+                    "onednn, or export with FLAGS_enable_pir_api=0 for a model.pdmodel"
+                )
             plan.add("enable_openvino_engine", Precision("Int8" if config.precision == "int8" else "Float32"))
             return plan
         plan.add("enable_mkldnn")

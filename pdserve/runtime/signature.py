@@ -2,11 +2,13 @@
 program itself, and the Paddle errors that mean "this input cannot go through this model".
 
 Predictor handles report nothing useful before a run (shape ``[0]``, and not always the right
-dtype), so the signature comes from the feed and fetch variables of ``model.pdmodel``.
+dtype), so the signature comes from the program file: the feed and fetch variables of a legacy
+``.pdmodel`` (protobuf), or the ``data`` and ``fetch`` ops of a Paddle 3 PIR ``.json`` program.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +50,64 @@ class Signature:
         return all(s.shape[:1] == (-1,) for s in (*self.inputs, *self.outputs))
 
 
+# PIR's serialized type names (paddle/fluid/pir/serialize_deserialize) -> numpy dtypes
+_PIR_DTYPES = {
+    "0.t_bool": "bool",
+    "0.t_ui8": "uint8",
+    "0.t_i8": "int8",
+    "0.t_i16": "int16",
+    "0.t_i32": "int32",
+    "0.t_i64": "int64",
+    "0.t_f16": "float16",
+    "0.t_f32": "float32",
+    "0.t_f64": "float64",
+}
+
+
 def read_signature(model_file: Path) -> Signature:
+    """The program's inputs and outputs, in feed and fetch order."""
+    if model_file.suffix == ".json":
+        return read_pir_signature(model_file)
+    return read_legacy_signature(model_file)
+
+
+def _attr(op: dict[str, Any], name: str) -> Any:
+    return next(a["AT"]["D"] for a in op.get("A", []) if isinstance(a, dict) and a.get("N") == name)
+
+
+def _pir_spec(name: str, tensor_type: dict[str, Any]) -> TensorSpec:
+    """A ``0.t_dtensor`` type: ``D`` is [element type, dims, layout, lod, offset]."""
+    if tensor_type.get("#") != "0.t_dtensor":
+        raise PdserveError(f"tensor {name!r} has type {tensor_type.get('#')}, not a dense tensor pdserve can serve")
+    element, dims = tensor_type["D"][0]["#"], tensor_type["D"][1]
+    if element not in _PIR_DTYPES:
+        raise PdserveError(f"tensor {name!r} has datatype {element}, which pdserve cannot serve")
+    return TensorSpec(name, _PIR_DTYPES[element], tuple(int(d) for d in dims))
+
+
+def read_pir_signature(model_file: Path) -> Signature:
+    """From a PIR program's JSON: ``data`` ops (attributes name, dtype, shape; their result's type) are
+    the inputs, in program order; ``fetch`` ops (attributes name, col) the outputs, by ``col``. The
+    names are those the predictor's ``get_input_names`` / ``get_output_names`` report."""
+    try:
+        doc = json.loads(model_file.read_text())
+        if doc["base_code"]["magic"] != "pir":
+            raise ValueError("magic is not 'pir'")
+        ops = doc["program"]["regions"][0]["blocks"][0]["ops"]
+        inputs, fetches = [], []
+        for op in ops:
+            op_name = op["#"].rsplit(".", 1)[-1]  # "<dialect id>.<op>", e.g. "1.data" (pd_op.data)
+            if op_name == "data":
+                inputs.append(_pir_spec(_attr(op, "name"), op["O"][0]["TT"]))
+            elif op_name == "fetch":
+                fetches.append((int(_attr(op, "col")), _pir_spec(_attr(op, "name"), op["O"][0]["TT"])))
+    except (ValueError, KeyError, IndexError, TypeError, StopIteration) as exc:
+        raise PdserveError(f"{model_file}: not a PIR program pdserve can read ({type(exc).__name__}: {exc})") from None
+    outputs = tuple(spec for _, spec in sorted(fetches, key=lambda f: f[0]))
+    return Signature(tuple(inputs), outputs)
+
+
+def read_legacy_signature(model_file: Path) -> Signature:
     from paddle.base.proto import framework_pb2
 
     desc = framework_pb2.ProgramDesc()

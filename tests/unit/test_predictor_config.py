@@ -13,9 +13,11 @@ from pdserve.runtime.predictor_config import (
     Precision,
     engine_cache_dir,
     int8_mode,
+    missing_model_files,
     model_files,
     plan_predictor,
     plan_shape_collection,
+    program_format,
     read_shape_ranges,
     shape_profile,
     tensorrt_problem,
@@ -231,7 +233,7 @@ def test_gpu_without_tensorrt_is_plain_cuda_fp32_only(version_dir: Path) -> None
 
 
 def test_missing_model_files(tmp_path: Path) -> None:
-    with pytest.raises(ModelLoadError, match=r"needs model.pdmodel and model.pdiparams"):
+    with pytest.raises(ModelLoadError, match=r"needs a program and its weights: model.pdmodel or model.json"):
         plan_predictor(ModelConfig(), tmp_path, cuda_available=False)
 
 
@@ -244,13 +246,49 @@ def test_programs_are_found_under_the_names_paddles_tools_publish(tmp_path: Path
     assert model_files(tmp_path)[0] == tmp_path / "model.pdmodel"
 
 
-@pytest.mark.parametrize("name", ["model.json", "model.pdmodel", "inference.json"])
-def test_a_pir_program_is_refused_with_what_to_do(tmp_path: Path, name: str) -> None:
-    """Paddle 3's default export, as it comes or renamed: Paddle's own error is a protobuf DecodeError."""
-    (tmp_path / name).write_text('{"base_code": {"magic": "pir", "version": 1}}')
-    (tmp_path / name.replace(".json", ".pdiparams").replace(".pdmodel", ".pdiparams")).write_bytes(b"")
+@pytest.mark.parametrize("prefix", ["model", "inference"])
+def test_a_pir_program_is_planned_without_memory_optim(tmp_path: Path, prefix: str) -> None:
+    """Paddle 3's default export: enable_memory_optim fails to create its predictor (Paddle #75496)."""
+    (tmp_path / f"{prefix}.json").write_text('{"base_code": {"magic": "pir", "version": 4}}')
+    (tmp_path / f"{prefix}.pdiparams").write_bytes(b"")
+    plan = plan_predictor(ModelConfig(), tmp_path, cuda_available=False)
+    assert plan.model_file == tmp_path / f"{prefix}.json"
+    assert program_format(plan.model_file) == "pir"
+    assert "enable_memory_optim" not in plan.methods()
+    assert "enable_mkldnn" in plan.methods()
+
+
+def test_the_legacy_program_comes_before_pir_within_a_prefix(tmp_path: Path) -> None:
+    for name in ("inference.json", "inference.pdmodel"):
+        (tmp_path / name).write_bytes(b"\x0a\x00")
+    (tmp_path / "inference.pdiparams").write_bytes(b"")
+    plan = plan_predictor(ModelConfig(), tmp_path, cuda_available=False)
+    assert plan.model_file.name == "inference.pdmodel"
+    assert "enable_memory_optim" in plan.methods()
+
+
+def test_pir_refuses_int8_and_openvino_with_what_to_do(tmp_path: Path) -> None:
+    (tmp_path / "model.json").write_text("{}")
+    (tmp_path / "model.pdiparams").write_bytes(b"")
     with pytest.raises(ModelLoadError, match=r"PIR program.*FLAGS_enable_pir_api=0"):
+        plan_predictor(ModelConfig(precision="int8"), tmp_path, cuda_available=False)
+    with pytest.raises(ModelLoadError, match=r"openvino cannot read a PIR program"):
+        plan_predictor(ModelConfig(engine="openvino"), tmp_path, cuda_available=False)
+
+
+def test_a_pir_program_under_the_legacy_name_is_refused_with_the_fix(tmp_path: Path) -> None:
+    """Paddle's own error would be a protobuf DecodeError naming neither the file nor the fix."""
+    (tmp_path / "model.pdmodel").write_text('{"base_code": {"magic": "pir", "version": 1}}')
+    (tmp_path / "model.pdiparams").write_bytes(b"")
+    with pytest.raises(ModelLoadError, match=r"PIR program.*rename it to model.json"):
         plan_predictor(ModelConfig(), tmp_path, cuda_available=False)
+
+
+def test_missing_program_names_every_layout(tmp_path: Path) -> None:
+    message = missing_model_files(tmp_path)
+    assert message is not None
+    assert "model.json" in message
+    assert "inference.*" in message
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ from pdserve.pipeline.commands import (
     convert,
     evaluate,
     export,
+    import_model,
     preprocess,
     quantize,
     tune,
@@ -35,6 +36,7 @@ COMMANDS: dict[str, ModuleType] = {
     "collect-shapes": collect_shapes,
     "build-engines": build_engines,
     "tune": tune,
+    "import": import_model,
     "bench": bench,
 }
 

@@ -25,6 +25,7 @@ from pdserve.pipeline.errors import PipelineError
 from pdserve.pipeline.export import next_version, require_legacy_format, write_config
 from pdserve.pipeline.local import LocalModel, predict_timed
 from pdserve.pipeline.quantization.recipe import Recipe
+from pdserve.runtime.predictor_config import PIR_ADVICE, find_model_files, is_pir
 
 if TYPE_CHECKING:
     from pdserve.pipeline.quantization.search import Search, SearchOptions
@@ -98,6 +99,9 @@ def _source_model(model_dir: Path, version: int | None) -> LocalModel:
     if source.config.precision != "fp32":
         raise PipelineError(f"{model_dir} is {source.config.precision}; quantize an fp32 model")
     if not (source.version_dir / "model.pdmodel").is_file():
+        found = find_model_files(source.version_dir)
+        if found is not None and is_pir(found[0]):
+            raise PipelineError(f"{found[0]} is a Paddle 3 PIR program. {PIR_ADVICE}")
         raise PipelineError(f"{source.version_dir}/model.pdmodel not found (export with FLAGS_enable_pir_api=0)")
     return source
 
