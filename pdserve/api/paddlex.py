@@ -22,12 +22,13 @@ import cv2
 import numpy as np
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
 from pdserve.api.accounting import Accounted, unless_disconnected
 from pdserve.api.auth import ApiKey
 from pdserve.api.deps import Service
 from pdserve.api.inputs import BodyLimits, read_body
-from pdserve.errors import BadRequest, PdserveError
+from pdserve.errors import BadRequest, ModelNotFound, PdserveError
 from pdserve.service import InferenceService
 
 router = APIRouter(tags=["PaddleX serving"])
@@ -124,13 +125,18 @@ async def _ocr(request: Request, service: InferenceService, model: str) -> JSONR
         service.lifecycle.check_accepting()
         target = service.resolve(model, None)
         deadline = service.deadline(target, None)
+        kind = service.kind_of(target)
+        if kind != "ocr":
+            raise ModelNotFound(f"no OCR model {target.name!r}: it is kind {kind}; ?model=<a kind ocr model>")
         accounted.enter(target)
         service.check_room(target)
         limits = BodyLimits(settings.max_body_bytes, settings.body_timeout_s, 1)
         params = _request(await read_body(request, limits, service.limits))
         image = _image(params["file"])
         if service.kind_of(target) != "ocr":
-            raise BadRequest(f"model {target.name!r} is not an OCR model (kind {service.kind_of(target)})")
+            raise ModelNotFound(
+                f"no OCR model {target.name!r}: it is kind {service.kind_of(target)}; ?model=<a kind ocr model>"
+            )
         configured = service.kind_settings(target)
         _check_settings(params, configured)
         threshold = params.get("textRecScoreThresh")
@@ -149,10 +155,54 @@ async def _ocr(request: Request, service: InferenceService, model: str) -> JSONR
         return JSONResponse({"logId": uuid.uuid4().hex, "errorCode": 0, "errorMsg": "Success", "result": body})
 
 
+class PaddleXError(BaseModel):
+    logId: str
+    errorCode: int = Field(examples=[400], description="The HTTP status")
+    errorMsg: str
+
+
+_FAILURES = {
+    400: "Not JSON, no base64 file, fileType 0 (PDF), a file URL, a document-preprocessing switch, a detection "
+    "setting that differs from the model's config, or an image that cannot be decoded",
+    401: "A missing or wrong 'Authorization: Bearer' key, when PDSERVE_API_KEY is set",
+    404: "No such model, or it is not an OCR model (kind ocr)",
+    408: "The body did not arrive in time",
+    413: "Body or image over its limit",
+    422: "A bad query parameter",
+    429: "Refused at admission (overloaded); retry after Retry-After seconds",
+    500: "A bug",
+    503: "The model is not ready, its worker died or hung, or the server is shutting down",
+    504: "No result within the request's deadline",
+}
+_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "description": "The image, base64-encoded"},
+                        "fileType": {"type": "integer", "enum": [0, 1], "nullable": True},
+                        "textRecScoreThresh": {"type": "number"},
+                        "visualize": {"type": "boolean", "nullable": True},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
 @router.post(
     "/ocr",
     summary="PaddleX 3's OCR serving endpoint (PaddleX clients work unchanged)",
-    responses={200: {"description": "PaddleX's response: logId, errorCode 0, errorMsg, result.ocrResults"}},
+    responses={
+        200: {"description": "PaddleX's response: logId, errorCode 0, errorMsg, result.ocrResults"},
+        **{code: {"model": PaddleXError, "description": text} for code, text in _FAILURES.items()},
+    },
+    openapi_extra=_BODY,
 )
 async def ocr(
     request: Request,
