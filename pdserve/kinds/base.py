@@ -24,6 +24,7 @@ v2 (KServe / Triton) bodies. A new kind is one module with a ``ModelKind`` subcl
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor
@@ -33,7 +34,7 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from pdserve.errors import BadRequest
+from pdserve.errors import BadRequest, ImageTooLarge, InvalidImage
 from pdserve.metrics import Metrics
 from pdserve.model_config import ModelConfig
 from pdserve.runtime.contract import Batching, KindWorker, Transport
@@ -107,6 +108,25 @@ class Work:
     count: int
     prepare: Callable[[], Awaitable[list[Any]]]
     params: dict[str, Any] = field(default_factory=dict)
+
+
+def decoded_images(images: list[bytes], decode: Callable[[bytes], Any], ctx: DecodeContext) -> Work:
+    """Work whose items are ``decode(image)`` for each encoded image, run in the server's decode threads
+    after admission; a bad image fails the request naming which one ("image 2 of 3: ...")."""
+
+    async def prepare() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        results = await asyncio.gather(
+            *(loop.run_in_executor(ctx.executor, decode, data) for data in images), return_exceptions=True
+        )
+        for index, result in enumerate(results):
+            if isinstance(result, (InvalidImage, ImageTooLarge)) and len(images) > 1:
+                raise type(result)(f"image {index + 1} of {len(images)}: {result.message}")
+            if isinstance(result, BaseException):
+                raise result
+        return list(results)
+
+    return Work(len(images), prepare)
 
 
 def ready_items(items: list[Any]) -> Callable[[], Awaitable[list[Any]]]:

@@ -9,15 +9,14 @@ boxes over the request's ``score_threshold``; v2's ``bbox`` and ``bbox_num`` as 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
 import numpy as np
 
-from pdserve.errors import BadRequest, ImageTooLarge, InvalidImage
-from pdserve.kinds.base import BYTES, DecodeContext, ModelKind, NamedTensor, Version, WantedOutput, Work
+from pdserve.errors import BadRequest
+from pdserve.kinds.base import BYTES, DecodeContext, ModelKind, NamedTensor, Version, WantedOutput, Work, decoded_images
 from pdserve.kinds.detection_worker import DetectionItem, DetectionWorker
 from pdserve.kinds.tensor import PipeTransport
 from pdserve.model_config import Detection, ModelConfig
@@ -74,20 +73,8 @@ class DetectionKind(ModelKind):
 
     # ---- decode ----------------------------------------------------------------------------------
     def from_images(self, version: Version, images: list[bytes], ctx: DecodeContext) -> Work:
-        async def decode() -> list[DetectionItem]:
-            loop = asyncio.get_running_loop()
-            fn = partial(decode_for_detection, spec=version.config.detection, max_pixels=ctx.max_image_pixels)
-            results = await asyncio.gather(
-                *(loop.run_in_executor(ctx.executor, fn, data) for data in images), return_exceptions=True
-            )
-            for index, result in enumerate(results):
-                if isinstance(result, (InvalidImage, ImageTooLarge)) and len(images) > 1:
-                    raise type(result)(f"image {index + 1} of {len(images)}: {result.message}")
-                if isinstance(result, BaseException):
-                    raise result
-            return [r for r in results if isinstance(r, DetectionItem)]
-
-        return Work(len(images), decode)
+        fn = partial(decode_for_detection, spec=version.config.detection, max_pixels=ctx.max_image_pixels)
+        return decoded_images(images, fn, ctx)
 
     def from_tensors(self, version: Version, tensors: Sequence[NamedTensor], ctx: DecodeContext) -> Work:
         if len(tensors) != 1 or tensors[0].name != IMAGE_INPUT or tensors[0].elements is None:

@@ -8,15 +8,24 @@ it), REST's ranked classes, v2's ``probabilities`` tensor or Triton's ``classifi
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
 import numpy as np
 
-from pdserve.errors import BadRequest, ImageTooLarge, InvalidImage, TooManyImages
-from pdserve.kinds.base import BYTES, DecodeContext, ModelKind, NamedTensor, Version, WantedOutput, Work, ready_items
+from pdserve.errors import BadRequest, TooManyImages
+from pdserve.kinds.base import (
+    BYTES,
+    DecodeContext,
+    ModelKind,
+    NamedTensor,
+    Version,
+    WantedOutput,
+    Work,
+    decoded_images,
+    ready_items,
+)
 from pdserve.kinds.image_worker import ImageTransport, ImageWorker
 from pdserve.model_config import ModelConfig
 from pdserve.preprocess import load_and_crop
@@ -85,19 +94,8 @@ class ImageKind(ModelKind):
 
     # ---- decode ----------------------------------------------------------------------------------
     def from_images(self, version: Version, images: list[bytes], ctx: DecodeContext) -> Work:
-        async def decode() -> list[np.ndarray]:
-            loop = asyncio.get_running_loop()
-            fn = partial(load_and_crop, spec=version.config.preprocessing, max_pixels=ctx.max_image_pixels)
-            tasks = [loop.run_in_executor(ctx.executor, fn, data) for data in images]
-            results = await asyncio.gather(*tasks, return_exceptions=True)
-            for index, result in enumerate(results):
-                if isinstance(result, (InvalidImage, ImageTooLarge)) and len(images) > 1:
-                    raise type(result)(f"image {index + 1} of {len(images)}: {result.message}")
-                if isinstance(result, BaseException):
-                    raise result
-            return [r for r in results if isinstance(r, np.ndarray)]
-
-        return Work(len(images), decode)
+        fn = partial(load_and_crop, spec=version.config.preprocessing, max_pixels=ctx.max_image_pixels)
+        return decoded_images(images, fn, ctx)
 
     def from_tensors(self, version: Version, tensors: Sequence[NamedTensor], ctx: DecodeContext) -> Work:
         input_name = version.config.input.name

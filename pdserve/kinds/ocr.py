@@ -23,9 +23,19 @@ from typing import Any
 import numpy as np
 from prometheus_client import Counter
 
-from pdserve.errors import BadRequest, ImageTooLarge, InvalidImage, ModelConfigError
+from pdserve.errors import BadRequest, ModelConfigError
 from pdserve.kinds import ocr_geometry as geo
-from pdserve.kinds.base import BYTES, DecodeContext, ModelKind, NamedTensor, Stage, Version, WantedOutput, Work
+from pdserve.kinds.base import (
+    BYTES,
+    DecodeContext,
+    ModelKind,
+    NamedTensor,
+    Stage,
+    Version,
+    WantedOutput,
+    Work,
+    decoded_images,
+)
 from pdserve.metrics import Metrics
 from pdserve.model_config import ModelConfig, Ocr
 from pdserve.preprocess import decode_image
@@ -148,20 +158,7 @@ class OcrKind(ModelKind):
 
     # ---- decode ----------------------------------------------------------------------------------
     def from_images(self, version: Version, images: list[bytes], ctx: DecodeContext) -> Work:
-        async def decode() -> list[np.ndarray]:
-            loop = asyncio.get_running_loop()
-            fn = partial(_decode_bgr, max_pixels=ctx.max_image_pixels)
-            results = await asyncio.gather(
-                *(loop.run_in_executor(ctx.executor, fn, data) for data in images), return_exceptions=True
-            )
-            for index, result in enumerate(results):
-                if isinstance(result, (InvalidImage, ImageTooLarge)) and len(images) > 1:
-                    raise type(result)(f"image {index + 1} of {len(images)}: {result.message}")
-                if isinstance(result, BaseException):
-                    raise result
-            return [r for r in results if isinstance(r, np.ndarray)]
-
-        return Work(len(images), decode)
+        return decoded_images(images, partial(_decode_bgr, max_pixels=ctx.max_image_pixels), ctx)
 
     def from_tensors(self, version: Version, tensors: Sequence[NamedTensor], ctx: DecodeContext) -> Work:
         if len(tensors) != 1 or tensors[0].name != IMAGE_INPUT or tensors[0].elements is None:
