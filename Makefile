@@ -165,10 +165,11 @@ int8-search: $(VENV)/.dev
 
 # make bench: pdserve against Triton (nvidia-pytriton), LitServe, plain FastAPI and the in-process
 # pipeline. The peers live in their own environment, never in pdserve's: pytriton 0.7.0 needs numpy < 2.
+# --no-deps: the lock is complete, and pip 23.2 refuses litserve's uvicorn[standard] in hash mode.
 BENCH_VENV := .venv-bench
 $(BENCH_VENV)/.stamp: pyproject.toml Makefile requirements/bench.txt
 	$(PYTHON) -m venv $(BENCH_VENV)
-	$(BENCH_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements/bench.txt
+	$(BENCH_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r requirements/bench.txt
 	$(BENCH_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
