@@ -174,6 +174,8 @@ class InferenceService:
 
     @staticmethod
     async def _submit_all(batcher: Batcher, inputs: list[Any], deadline: float) -> list[Any]:
+        if len(inputs) == 1:  # the common case, without a task of its own
+            return [await batcher.submit(inputs[0], deadline)]
         tasks = [asyncio.ensure_future(batcher.submit(x, deadline)) for x in inputs]
         try:
             return list(await asyncio.gather(*tasks))
