@@ -126,12 +126,16 @@ class ProcessLimits:
         self.requests = 0
         self.body_bytes = 0
 
-    def enter(self) -> None:
+    def check(self) -> None:
+        """Refuse when one more request would exceed the bound, without counting it."""
         if self.requests >= self.max_requests:
             raise Overloaded(
                 f"server is overloaded: {self.requests} requests in flight (PDSERVE_MAX_INFLIGHT_REQUESTS)",
                 reason="requests_in_flight",
             )
+
+    def enter(self) -> None:
+        self.check()
         self.requests += 1
 
     def leave(self) -> None:

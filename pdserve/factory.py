@@ -8,8 +8,10 @@ from collections.abc import AsyncIterator
 from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from pdserve.api import health, models, paddlex, predict
+from pdserve.api.door import FrontDoor
 from pdserve.api.errors import register_error_handlers
 from pdserve.api.openapi import install_openapi
 from pdserve.api.v2 import inference as v2_inference
@@ -18,6 +20,7 @@ from pdserve.api.v2 import repository as v2_repository
 from pdserve.gpu_metrics import GpuMonitor
 from pdserve.metrics import Metrics
 from pdserve.repository import ModelRepository, Overrides
+from pdserve.request_log import RequestIds
 from pdserve.runtime.process import WorkerOptions
 from pdserve.service import InferenceService
 from pdserve.settings import Settings
@@ -28,6 +31,17 @@ def _version() -> str:
         return version("pdserve")
     except PackageNotFoundError:
         return "0.0.0"
+
+
+class PdserveApp(FastAPI):
+    """FastAPI with two plain ASGI layers outside its own: the request id and access line
+    (outermost, so it sees every answer, the 500s of FastAPI's last-resort handler included), then
+    the front door, which refuses overloaded inference requests before FastAPI's layers, routing and
+    dependencies run (``api/door.py``)."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        service: InferenceService = self.state.service
+        return RequestIds(FrontDoor(super().build_middleware_stack(), service))
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -57,7 +71,7 @@ def create_app(settings: Settings) -> FastAPI:
             await repository.unload_all()
             service.close()
 
-    app = FastAPI(
+    app = PdserveApp(
         title="pdserve",
         version=_version(),
         summary="HTTP inference for PaddlePaddle image models, with dynamic batching.",

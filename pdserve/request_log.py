@@ -6,16 +6,22 @@ log line written while the request runs carries it. When the response is sent, o
 (logger ``pdserve.access``) records what an operator needs to follow the request: route, model,
 version, status, images, and where the time went (admission, queue, compute, total) with the batch
 sizes its images ran in. ``PDSERVE_LOG_FORMAT=json`` writes every line as one JSON object.
+
+Refusals (429) are the one exception: under overload they come by the thousand per second, and on
+the cores that also run the model every line written is inference lost. Their access lines are
+written at most once a second, each saying how many refusals went unlogged before it
+(``refusals_not_logged``); ``pdserve_requests_total`` and ``pdserve_admission_total`` count them all.
 """
 
 from __future__ import annotations
 
 import contextvars
+import itertools
 import json
 import logging
+import os
 import re
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +31,7 @@ HEADER = "x-request-id"
 _SANE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/+=@-]{0,127}")
 # Probes and scrapes are logged at DEBUG: at INFO they would drown the requests.
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"})
+REFUSAL_LOG_INTERVAL_S = 1.0
 access_log = logging.getLogger("pdserve.access")
 
 
@@ -93,11 +100,35 @@ def current_id() -> str | None:
     return record.request_id if record else None
 
 
+# New ids: 16 random hex digits drawn once per process, then a counter (32 hex digits in all, like a
+# UUID's): unique across replicas and restarts, and without a system call per request.
+_ID_PREFIX = os.urandom(8).hex()
+_id_counter = itertools.count(1)
+
+
 def request_id_from(value: str | None) -> str:
     """The client's id when it is a sane token (letters, digits, ``._:/+=@-``, at most 128), else a new one."""
     if value and _SANE_ID.fullmatch(value):
         return value
-    return uuid.uuid4().hex
+    return f"{_ID_PREFIX}{next(_id_counter):016x}"
+
+
+class RefusalLines:
+    """Whether a refusal's access line is written now: at most one per ``interval_s``."""
+
+    def __init__(self, interval_s: float = REFUSAL_LOG_INTERVAL_S) -> None:
+        self.interval_s = interval_s
+        self._next = 0.0
+        self.unlogged = 0
+
+    def take(self, now: float) -> int | None:
+        """None: skip this line; else how many refusals went unlogged before it."""
+        if now < self._next:
+            self.unlogged += 1
+            return None
+        self._next = now + self.interval_s
+        skipped, self.unlogged = self.unlogged, 0
+        return skipped
 
 
 class RequestIds:
@@ -105,6 +136,7 @@ class RequestIds:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self.refusals = RefusalLines()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -126,12 +158,20 @@ class RequestIds:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            route = scope.get("route")
-            record.route = getattr(route, "path", None)
             level = logging.DEBUG if record.path in QUIET_PATHS else logging.INFO
             if access_log.isEnabledFor(level):
-                access_log.log(level, "access", extra={"access": record.fields(status)})
+                self._log(scope, record, status, level)
             _current.reset(token)
+
+    def _log(self, scope: Scope, record: RequestRecord, status: int, level: int) -> None:
+        skipped = self.refusals.take(record.started) if status == 429 else 0
+        if skipped is None:
+            return
+        record.route = getattr(scope.get("route"), "path", None)
+        fields = record.fields(status)
+        if status == 429:
+            fields["refusals_not_logged"] = skipped
+        access_log.log(level, "access", extra={"access": fields})
 
 
 # ---- formatting -----------------------------------------------------------------------------------

@@ -47,23 +47,38 @@ class Accounted:
         self._service.metrics.inflight.labels(self.label).inc()
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        metrics = self._service.metrics
-        status, reason = 200, None
-        if isinstance(exc, PdserveError):
-            status, reason = exc.status_code, exc.code
-            if isinstance(exc, Overloaded) and exc.reason in PROCESS_REASONS:
-                metrics.admission.labels(self.label, exc.reason).inc()
-        elif exc is not None:
-            status, reason = 500, "internal_error"
         if self._target is not None:
             self._target.release()
         if self._entered:
             self._service.limits.leave()
-            metrics.inflight.labels(self.label).dec()
-        metrics.request_latency.labels(self.label, str(status)).observe(time.perf_counter() - self._started)
-        metrics.requests.labels(self.label, str(status)).inc()
-        if reason is not None:
-            metrics.errors.labels(self.label, reason).inc()
+            self._service.metrics.inflight.labels(self.label).dec()
+        _count(self._service, self.label, exc, time.perf_counter() - self._started)
+
+
+def _count(service: InferenceService, label: str, exc: BaseException | None, seconds: float) -> None:
+    metrics = service.metrics
+    status, reason = 200, None
+    if isinstance(exc, PdserveError):
+        status, reason = exc.status_code, exc.code
+        if isinstance(exc, Overloaded) and exc.reason in PROCESS_REASONS:
+            metrics.admission.labels(label, exc.reason).inc()
+    elif exc is not None:
+        status, reason = 500, "internal_error"
+    metrics.request_latency.labels(label, str(status)).observe(seconds)
+    metrics.requests.labels(label, str(status)).inc()
+    if reason is not None:
+        metrics.errors.labels(label, reason).inc()
+
+
+def count_refusal(service: InferenceService, target: ModelVersion, exc: Overloaded) -> None:
+    """Count a request the front door refused as the route would have: by model, status and reason."""
+    record = current_request()
+    if record is not None:
+        record.target(target.name, target.version)
+        seconds = time.perf_counter() - record.started
+    else:
+        seconds = 0.0
+    _count(service, target.name, exc, seconds)
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:

@@ -22,9 +22,13 @@ _PATH = re.compile(
 )
 
 
-def _bearer(request: Request) -> str | None:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+def _bearer_of(authorization: str) -> str | None:
+    scheme, _, token = authorization.partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def _bearer(request: Request) -> str | None:
+    return _bearer_of(request.headers.get("authorization", ""))
 
 
 def admin_key(settings: Settings) -> str | None:
@@ -53,14 +57,20 @@ async def require_admin(request: Request) -> None:
         raise Unauthorized("the management API needs 'Authorization: Bearer <admin key>'")
 
 
+def api_key_matches(settings: Settings, authorization: str) -> bool:
+    """Whether an ``Authorization`` header value passes the inference key (always, when none is set)."""
+    return settings.api_key is None or _matches(_bearer_of(authorization), settings.api_key.get_secret_value())
+
+
 async def require_api_key(request: Request) -> None:
-    settings: Settings = request.app.state.service.settings
-    if settings.api_key is not None and not _matches(_bearer(request), settings.api_key.get_secret_value()):
+    if not api_key_matches(request.app.state.service.settings, request.headers.get("authorization", "")):
         raise Unauthorized("inference needs 'Authorization: Bearer <api key>'")
 
 
 def redact(message: str, request: Request) -> str:
     """Without the admin key, no paths or pids: model folders are named relative to the repository."""
+    if "/" not in message and "pid" not in message:
+        return message  # nothing to hide: no need to read the admin key (a file, maybe) or resolve paths
     if is_admin(request):
         return message
     root: Path = request.app.state.service.repository_root

@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pdserve.api.auth import redact
 from pdserve.errors import PdserveError
-from pdserve.request_log import RequestIds, current_id
+from pdserve.request_log import current_id
 
 log = logging.getLogger(__name__)
 
@@ -97,5 +97,4 @@ def register_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(PdserveError, _pdserve_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_middleware(CatchAll)
-    app.add_middleware(RequestIds)  # outermost: its access line sees the 500s CatchAll writes
+    app.add_middleware(CatchAll)  # RequestIds and the front door go around FastAPI's own layers (factory)

@@ -153,6 +153,47 @@ def test_the_process_wide_request_limit_answers_429_at_once(held: ServerThread, 
     assert "requests in flight" in refused.json()["error"]["message"]
 
 
+def test_refusals_at_the_door_keep_each_protocols_shape_and_let_other_errors_through(
+    held: ServerThread, photo: bytes
+) -> None:
+    """With the queue full, the front door answers 429 before the route runs: in REST's and v2's
+    error shape, with Retry-After and the request id, counted like any request. What the route would
+    refuse for another reason first (unknown model, wrong media type) still gets the route's answer."""
+
+    async def scenario() -> dict[str, httpx.Response]:
+        async with httpx.AsyncClient(base_url=held.url, timeout=60) as client:
+            waiting = [asyncio.ensure_future(_post(client, photo, timeout_ms=3000)) for _ in range(3)]
+            await asyncio.to_thread(wait_until, lambda: queued(held) == 3, 30, "three images to queue")
+            out = {
+                "rest": await client.post(f"/models/{DEFAULT_MODEL}/predict", content=photo, headers=JPEG),
+                "v2": await client.post(f"/v2/models/{DEFAULT_MODEL}/infer", content=b"{}"),
+                "unknown": await client.post("/predict?model=nope", content=photo, headers=JPEG),
+                "media": await client.post("/predict", content=photo, headers={"Content-Type": "text/plain"}),
+                "bad_version": await client.post("/predict?version=x", content=photo, headers=JPEG),
+            }
+            await asyncio.gather(*waiting)
+            return out
+
+    before = metrics(held)
+    r = asyncio.run(scenario())
+    after = metrics(held)
+    assert r["rest"].status_code == 429
+    assert r["rest"].json()["error"]["code"] == "overloaded"
+    assert r["rest"].json()["error"]["request_id"] == r["rest"].headers["X-Request-ID"]
+    assert int(r["rest"].headers["Retry-After"]) >= 1
+    assert r["v2"].status_code == 429
+    assert "overloaded" in r["v2"].json()["error"]  # v2's shape: {"error": "<message>"}
+    assert r["v2"].headers["X-Request-ID"]
+    assert [r[k].status_code for k in ("unknown", "media", "bad_version")] == [404, 415, 422]
+
+    def delta(name: str, **labels: str) -> float:
+        return metric(after, name, model=DEFAULT_MODEL, **labels) - metric(before, name, model=DEFAULT_MODEL, **labels)
+
+    assert delta("pdserve_requests_total", status="429") == 2
+    assert delta("pdserve_request_errors_total", reason="overloaded") == 2
+    assert delta("pdserve_admission_total", decision="queue_full") == 2
+
+
 async def _trickle() -> AsyncIterator[bytes]:
     yield b"\xff\xd8"
     await asyncio.sleep(3600)
