@@ -164,7 +164,8 @@ int8-search: $(VENV)/.dev
 		--cache-dir $(HOME)/.cache/pdserve/calibration
 
 # make bench: pdserve against Triton (nvidia-pytriton), LitServe, plain FastAPI and the in-process
-# pipeline. The peers live in their own environment, never in pdserve's: pytriton 0.7.0 needs numpy < 2.
+# pipeline, then the front ends alone with a null model (benchmarks/null_model.py; pdserve, Triton, LitServe).
+# The peers live in their own environment, never in pdserve's: pytriton 0.7.0 needs numpy < 2.
 # --no-deps: the lock is complete, and pip 23.2 refuses litserve's uvicorn[standard] in hash mode.
 BENCH_VENV := .venv-bench
 $(BENCH_VENV)/.stamp: pyproject.toml Makefile requirements/bench.txt
@@ -175,6 +176,7 @@ $(BENCH_VENV)/.stamp: pyproject.toml Makefile requirements/bench.txt
 
 bench: $(VENV)/.dev $(BENCH_VENV)/.stamp
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/null_model.py
 
 # Images (README, "Deploy with Docker"). make image builds the Dockerfile's CPU image with whichever
 # builder is here: docker when its daemon answers, else buildah, else podman (both with chroot

@@ -20,6 +20,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -96,9 +97,12 @@ async def measure(url_port: int, images: list[bytes], args: argparse.Namespace) 
     target.close()
     target = Target("127.0.0.1", url_port)
     before = await asyncio.to_thread(scrape, url_port)
+    generator_cpu = time.process_time()
     results, span = await open_loop(target, pick, rate=rate, seconds=args.seconds, seed=7)
+    generator_cpu = time.process_time() - generator_cpu
     after = await asyncio.to_thread(scrape, url_port)
     overload = summarize(results, span)
+    overload["generator_cores"] = generator_cpu / span
     overload["server_side"] = {status: server_side(before, after, status) for status in ("200", "429")}
     overload["arrival_rate_per_s"] = rate
     overload["connections_opened"] = target.opened
@@ -129,6 +133,7 @@ def report(out: dict[str, Any], args: argparse.Namespace) -> None:
     )
     for status, shares in over["server_side"].items():
         print(f"  server-side, status {status}: " + ", ".join(f"{k} {v:.1%}" for k, v in shares.items()))
+    print(f"  the load generator's own CPU: {over['generator_cores']:.2f} cores")
     print(
         f"  200s without predictions: {over['malformed_200s']}; connections opened: {over['connections_opened']}"
         f" (stale keep-alive replaced: {over['stale_connections_replaced']}); errors: {over['errors']}"
@@ -143,13 +148,22 @@ def main() -> int:
     parser.add_argument(
         "--worker-nice", type=int, nargs="+", default=[10], help="PDSERVE_WORKER_NICE values to run, in turn"
     )
+    parser.add_argument(
+        "--log-level", default="info", help="PDSERVE_LOG_LEVEL (info, as shipped: an access line per request)"
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     images = [p.read_bytes() for p, _ in sample_list(64)]
-    print(f"machine: {os.cpu_count()} cores; shipped model_repo; model {MODEL}; load generator on the same cores")
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "?")
+    print(
+        f"machine: {cpu}, {os.cpu_count()} cores; shipped model_repo; model {MODEL}; log level {args.log_level}; "
+        "load generator on the same cores"
+    )
     runs = {}
     for nice in args.worker_nice:
-        with Served(MODEL_REPO, env={"PDSERVE_WORKER_NICE": str(nice)}) as server:
+        env = {"PDSERVE_WORKER_NICE": str(nice), "PDSERVE_LOG_LEVEL": args.log_level}
+        with Served(MODEL_REPO, env=env) as server:
             out = run(measure(server.port, images, args))
             out["server_rss_mib"] = server.rss_mib()
         print(f"\n== PDSERVE_WORKER_NICE={nice}")

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import FastAPI
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pdserve.api import health, models, paddlex, predict
 from pdserve.api.door import FrontDoor
@@ -34,14 +34,18 @@ def _version() -> str:
 
 
 class PdserveApp(FastAPI):
-    """FastAPI with two plain ASGI layers outside its own: the request id and access line
+    """FastAPI with two plain ASGI layers outside all of it: the request id and access line
     (outermost, so it sees every answer, the 500s of FastAPI's last-resort handler included), then
-    the front door, which refuses overloaded inference requests before FastAPI's layers, routing and
-    dependencies run (``api/door.py``)."""
+    the front door, which refuses overloaded inference requests before FastAPI's own layers,
+    routing and dependencies run (``api/door.py``)."""
 
-    def build_middleware_stack(self) -> ASGIApp:
-        service: InferenceService = self.state.service
-        return RequestIds(FrontDoor(super().build_middleware_stack(), service))
+    _outer: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._outer is None:
+            service: InferenceService = self.state.service
+            self._outer = RequestIds(FrontDoor(super().__call__, service))
+        await self._outer(scope, receive, send)
 
 
 def create_app(settings: Settings) -> FastAPI:

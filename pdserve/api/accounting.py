@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import Coroutine
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 
@@ -81,17 +81,25 @@ def count_refusal(service: InferenceService, target: ModelVersion, exc: Overload
     _count(service, target.name, exc, seconds)
 
 
-async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Await ``work``; if the client goes away first, cancel it (its images leave the queue)."""
-    task = asyncio.ensure_future(work)
-    gone = asyncio.ensure_future(wait_for_disconnect(request))
+async def unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T:
+    """Await ``work`` in this task; if the client goes away first, cancel it (its images leave the
+    queue) and raise ``ClientDisconnected``. One watcher task a request, not a task for the work too."""
+    task = asyncio.current_task()
+    assert task is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        await wait_for_disconnect(request)
+        gone = True
+        task.cancel()
+
+    watcher = asyncio.ensure_future(watch())
     try:
-        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if gone and task.uncancel() == 0:  # our cancellation, not the server's
+            raise ClientDisconnected("client disconnected before its result was ready") from None
+        raise
     finally:
-        gone.cancel()
-        abandoned = not task.done()
-        if abandoned:  # client left (or we are cancelled)
-            task.cancel()
-    if abandoned:
-        raise ClientDisconnected("client disconnected before its result was ready")
-    return task.result()
+        watcher.cancel()

@@ -12,16 +12,32 @@ on to the app, which answers as before: the door only ever answers 429.
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs
+import math
+from urllib.parse import unquote_plus
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pdserve.api.accounting import count_refusal
 from pdserve.api.auth import api_key_matches
-from pdserve.api.errors import error_response
+from pdserve.api.errors import error_body
 from pdserve.api.inputs import ACCEPTED_TYPES
 from pdserve.errors import Overloaded, PdserveError
 from pdserve.service import InferenceService, ModelVersion
+
+
+def _query_value(query: bytes, key: bytes) -> str | None:
+    """The last value of ``key`` in a query string, as ``parse_qs`` reads it; much cheaper when absent."""
+    if key not in query:
+        return None
+    found = None
+    for part in query.split(b"&"):
+        name, _, value = part.partition(b"=")
+        if name == key:
+            found = value
+    if found is None:
+        return None
+    text = found.decode("latin-1")
+    return unquote_plus(text, encoding="utf-8") if b"%" in found or b"+" in found else text
 
 
 def _version(text: str) -> int:
@@ -37,13 +53,10 @@ def inference_target(path: str, query: bytes) -> tuple[str | None, int | None, b
     model: str | None
     try:
         if path == "/predict" or (path.startswith("/models/") and path.endswith("/predict")):
-            args = parse_qs(query.decode("latin-1")) if query else {}
-            if "version" in args:
-                version = _version(args["version"][-1])
-            if path == "/predict":
-                model = args["model"][-1] if "model" in args else None
-            else:
-                model = path[len("/models/") : -len("/predict")]
+            given = _query_value(query, b"version")
+            if given is not None:
+                version = _version(given)
+            model = _query_value(query, b"model") if path == "/predict" else path[len("/models/") : -len("/predict")]
             v2 = False
         elif path.startswith("/v2/models/") and path.endswith("/infer"):
             model, _, rest = path[len("/v2/models/") : -len("/infer")].partition("/versions/")
@@ -59,6 +72,17 @@ def inference_target(path: str, query: bytes) -> tuple[str | None, int | None, b
     return model, version, v2
 
 
+async def _answer(send: Send, body: bytes, retry_after_s: float) -> None:
+    """A 429 as plain ASGI messages: what ``JSONResponse`` sends, without building one."""
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", str(max(1, math.ceil(retry_after_s))).encode()),
+    ]
+    await send({"type": "http.response.start", "status": 429, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 class FrontDoor:
     """ASGI layer between the request ids and the app (``factory.PdserveApp``)."""
 
@@ -72,8 +96,7 @@ class FrontDoor:
             if refusal is not None:
                 exc, target = refusal
                 count_refusal(self.service, target, exc)
-                response = error_response(scope["path"], exc.status_code, exc.code, exc.message, exc.headers)
-                await response(scope, receive, send)
+                await _answer(send, error_body(scope["path"], exc.code, exc.message), exc.retry_after_s)
                 return
         await self.app(scope, receive, send)
 

@@ -6,7 +6,9 @@ REST: ``{"error": {"code": ..., "message": ...}}``. KServe v2 (paths under ``/v2
 
 from __future__ import annotations
 
+import json
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -32,14 +34,22 @@ _HTTP_CODES = {
 V2_PREFIX = "/v2"
 
 
+def _error_doc(path: str, code: str, message: str) -> dict[str, Any]:
+    request_id = current_id()  # also in the X-Request-ID header; in the body for clients that log bodies
+    if path == V2_PREFIX or path.startswith(V2_PREFIX + "/"):
+        return {"error": message, "request_id": request_id}
+    return {"error": {"code": code, "message": message, "request_id": request_id}}
+
+
 def error_response(
     path: str, status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    request_id = current_id()  # also in the X-Request-ID header; in the body for clients that log bodies
-    if path == V2_PREFIX or path.startswith(V2_PREFIX + "/"):
-        return JSONResponse({"error": message, "request_id": request_id}, status_code=status, headers=headers)
-    body = {"code": code, "message": message, "request_id": request_id}
-    return JSONResponse({"error": body}, status_code=status, headers=headers)
+    return JSONResponse(_error_doc(path, code, message), status_code=status, headers=headers)
+
+
+def error_body(path: str, code: str, message: str) -> bytes:
+    """The error document as ``error_response`` renders it."""
+    return json.dumps(_error_doc(path, code, message), ensure_ascii=False, separators=(",", ":")).encode()
 
 
 async def _pdserve_error(request: Request, exc: Exception) -> JSONResponse:

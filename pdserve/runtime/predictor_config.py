@@ -7,6 +7,7 @@ the engine: Paddle's plan, or ONNX Runtime's (``onnx_engine.plan_session``) for 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -383,12 +384,25 @@ class LoadedPredictor:
     ) -> None:
         self.plan = plan or plan_engine(config, version_dir, model)
         self.predictor = build_predictor(self.plan)
+        self.input_name = config.input.name
         self.input = self.predictor.get_input_handle(config.input.name)
         outputs = self.predictor.get_output_names()
         name = config.output.name or outputs[0]
         if name not in outputs:
             raise ModelLoadError(f"model {model!r}: output {name!r} not in model outputs {outputs}")
+        self.output_name = name
         self.output = self.predictor.get_output_handle(name)
+
+    def clone(self) -> LoadedPredictor:
+        """A second predictor over the same weights (Paddle's ``Predictor.clone``), with its own
+        activations and shapes; the same session again for ONNX Runtime (it keeps no per-shape state)."""
+        twin = copy.copy(self)
+        if isinstance(self.plan, SessionPlan):
+            return twin
+        twin.predictor = self.predictor.clone()
+        twin.input = twin.predictor.get_input_handle(self.input_name)
+        twin.output = twin.predictor.get_output_handle(self.output_name)
+        return twin
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         self.input.reshape(list(batch.shape))

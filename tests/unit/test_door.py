@@ -55,3 +55,17 @@ def test_new_request_ids_are_distinct_32_hex_digit_tokens() -> None:
     ids = {request_id_from(None) for _ in range(1000)}
     assert len(ids) == 1000
     assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [b"model=a%20b&version=2", b"version=1&model=x&model=y+z", b"top_k=3", b"model=&version=", b"modelx=1"],
+)
+def test_the_query_is_read_as_parse_qs_reads_it(query: bytes) -> None:
+    from urllib.parse import parse_qs
+
+    from pdserve.api.door import _query_value
+
+    args = parse_qs(query.decode(), keep_blank_values=True)
+    for key in ("model", "version"):
+        assert _query_value(query, key.encode()) == (args[key][-1] if key in args else None)
