@@ -162,7 +162,16 @@ class Peer:
         self.name = name
         self.log = tempfile.NamedTemporaryFile(prefix=f"null-{name}-", suffix=".log", delete=False)  # noqa: SIM115
         cmd = [str(BENCH_PYTHON), "-u", str(ROOT / "benchmarks" / "peers" / "null_peers.py"), name, "--port", str(port)]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        libdir = subprocess.run(  # Triton's Python backend stub loads libpython from here
+            [str(BENCH_PYTHON), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        env = {**os.environ, "LD_LIBRARY_PATH": f"{libdir}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def stop(self) -> None:
         try:
