@@ -168,7 +168,11 @@ class Peer:
             text=True,
             check=False,
         ).stdout.strip()
-        env = {**os.environ, "LD_LIBRARY_PATH": f"{libdir}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
+        env = {
+            **os.environ,
+            "LD_LIBRARY_PATH": f"{libdir}:{os.environ.get('LD_LIBRARY_PATH', '')}",
+            "PYTHONPATH": str(ROOT / "benchmarks"),  # LitServe's spawned worker imports peers.null_litserve
+        }
         self.proc = subprocess.Popen(
             cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -276,10 +280,14 @@ def pdserve_rows(repo: Path, args: argparse.Namespace) -> list[Row]:
     with Served(repo, env={"PDSERVE_LOG_LEVEL": "info", **args.env}) as server:
         pid = server.proc.pid
         for name, make in requests.items():
+            if args.requests and name not in args.requests:
+                continue
             for clients in args.clients:
                 row = measure("pdserve", name, server.port, make, clients, args.seconds, server.pids, lambda: pid)
                 rows.append(row)
                 print(rows[-1].line(), flush=True)
+    if args.no_refusals:
+        return rows
     env = {"PDSERVE_LOG_LEVEL": "info", "PDSERVE_MAX_INFLIGHT_REQUESTS": "1", "PDSERVE_BODY_TIMEOUT_S": "600"}
     with Served(repo, env={**env, **args.env}) as server, held_slot(server.port):
         pid = server.proc.pid
@@ -328,6 +336,8 @@ def main() -> int:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--only", nargs="+", default=["pdserve", "triton", "litserve"])
     parser.add_argument("--env", nargs="*", default=[], help="KEY=VALUE for pdserve's environment")
+    parser.add_argument("--requests", nargs="*", help="pdserve's request kinds to run (default: all)")
+    parser.add_argument("--no-refusals", action="store_true", help="skip pdserve's refusal row")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     args.env = dict(kv.split("=", 1) for kv in args.env)

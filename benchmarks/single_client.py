@@ -32,7 +32,9 @@ from pdserve.pipeline.sample import MODEL_REPO, sample_list  # noqa: E402
 from pdserve.pipeline.served import Served  # noqa: E402
 
 
-def in_process_p50(model: str, threads: int, jpegs: list[bytes], seconds: float) -> float:
+def in_process_p50(model: str, threads: int, jpegs: list[bytes], seconds: float, gap_s: float = 0.0) -> float:
+    """Median ms of one image, back to back, or with ``gap_s`` of idling between images (as a
+    served worker idles while its one client reads the answer and sends the next request)."""
     from peers.common import Classifier
 
     classifier = Classifier(MODEL_REPO / model, threads)
@@ -44,6 +46,8 @@ def in_process_p50(model: str, threads: int, jpegs: list[bytes], seconds: float)
         began = time.perf_counter()
         classifier.top5([classifier.decode(jpegs[len(times) % len(jpegs)])])
         times.append(1000 * (time.perf_counter() - began))
+        if gap_s:
+            time.sleep(gap_s)
     return percentile(times, 50)
 
 
@@ -93,6 +97,8 @@ def main() -> int:
     print(f"{cpu}, {os.cpu_count()} cores; {args.model}, {threads} math thread(s); {len(jpegs)} sample JPEGs")
     inproc = in_process_p50(args.model, threads, jpegs, args.seconds / 2)
     print(f"in-process batch 1: p50 {inproc:.2f} ms", flush=True)
+    idle = in_process_p50(args.model, threads, jpegs, args.seconds / 2, gap_s=0.005)
+    print(f"in-process batch 1, idle 5 ms between images: p50 {idle:.2f} ms", flush=True)
     served, medians = served_p50(args.model, jpegs, args.seconds, env)
     print(f"served, 1 client:   p50 {served:.2f} ms  (gap {served - inproc:+.2f} ms)")
     print("server's access lines, medians: " + ", ".join(f"{k} {v:.2f}" for k, v in medians.items()))

@@ -11,8 +11,6 @@ and decodes it in its worker.
 from __future__ import annotations
 
 import argparse
-import base64
-from typing import Any
 
 import numpy as np
 
@@ -52,30 +50,9 @@ def triton(port: int) -> None:
 
 
 def litserve(port: int) -> None:
-    import cv2
     import litserve as ls
 
-    class NullAPI(ls.LitAPI):  # type: ignore[misc]
-        def setup(self, device: str) -> None:
-            pass
-
-        def decode_request(self, request):  # type: ignore[no-untyped-def]
-            image = cv2.imdecode(np.frombuffer(base64.b64decode(request["image"]), np.uint8), cv2.IMREAD_COLOR)
-            assert image is not None
-            return image.transpose(2, 0, 1).astype(np.float32)
-
-        def batch(self, inputs: list[Any]) -> Any:
-            return np.stack(inputs)
-
-        def predict(self, x: np.ndarray) -> np.ndarray:
-            return null(x)
-
-        def unbatch(self, output: np.ndarray) -> list[np.ndarray]:
-            return list(output)
-
-        def encode_response(self, output: np.ndarray) -> dict[str, Any]:
-            top = int(output.argmax())
-            return {"predictions": [{"class_id": top, "score": float(output[top])}]}
+    from peers.null_litserve import NullAPI
 
     api = NullAPI(max_batch_size=8, batch_timeout=0.0)
     server = ls.LitServer(api, accelerator="cpu", workers_per_device=1, timeout=60)
