@@ -9,9 +9,11 @@ same PP-OCRv4 files and the same settings (RapidOCR's, so that both pipelines do
   PaddleX's basic serving does.
 
 Closed loop at 1, 4 and 16 clients: images/s, characters/s, p50/p99, CPU per image (the server's
-process tree), and pdserve's recognition padding waste (``pdserve_padded_pixels``).
+process tree), pdserve's recognition padding waste (``pdserve_padded_pixels``: width padding of the
+lines' pixels), the zero rows added to the recogniser's runs (``pdserve_padding_images``), and the
+recogniser worker's memory (RSS at the end, and its peak).
 
-    .venv/bin/python benchmarks/ocr.py [--seconds 20]
+    .venv/bin/python benchmarks/ocr.py [--seconds 20] [--rec-widths 96 160 ...]
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import httpx  # noqa: E402
 
 from pdserve.pipeline.bench import cpu_name  # noqa: E402
 from pdserve.pipeline.loadgen import Request, Target, closed_loop, percentile, run  # noqa: E402
-from pdserve.pipeline.published import OCR_MODEL, ocr_repository  # noqa: E402
+from pdserve.pipeline.published import OCR_MODEL, OCR_STAGES, ocr_repository  # noqa: E402
 from pdserve.pipeline.served import Served, cpu_seconds, free_port, metric, tree  # noqa: E402
 from pdserve.pipeline.text_images import AS_REFERENCE, CASES, render  # noqa: E402
 
@@ -60,6 +62,12 @@ def load(url: str, path: str, images: list[bytes], clients: int, seconds: float,
         "cpu_ms_per_image": 1000 * cpu / max(len(ok), 1),
         "errors": len(results) - len(ok),
     }
+
+
+def memory_mib(pid: int) -> dict[str, float]:
+    """A process's resident memory now and at its peak, from /proc."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return {"rss_mib": int(fields["VmRSS"].split()[0]) / 1024, "peak_rss_mib": int(fields["VmHWM"].split()[0]) / 1024}
 
 
 def in_process(images: list[bytes], seconds: float) -> dict[str, float]:
@@ -94,7 +102,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--rec-widths", type=int, nargs="+", help="ocr.rec_widths (default: the shipped ones)")
     args = parser.parse_args()
+    settings = {**AS_REFERENCE, **({"rec_widths": args.rec_widths} if args.rec_widths else {})}
     images = [render(lines, size, angle) for lines, size, angle in CASES]
     print(f"CPU: {cpu_name()} ({platform.machine()}), {len(images)} images", flush=True)
     table: dict[str, list[dict[str, float]]] = {}
@@ -103,7 +113,7 @@ def main() -> None:
     print(table, flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
-        repo = ocr_repository(Path(tmp), ocr=AS_REFERENCE)
+        repo = ocr_repository(Path(tmp), ocr=settings)
         served = Served(repo)
         try:
             served.wait_ready()
@@ -120,9 +130,16 @@ def main() -> None:
             pixels = metric(after, "pdserve_padded_pixels_total", model=OCR_MODEL, what="all") - metric(
                 before, "pdserve_padded_pixels_total", model=OCR_MODEL, what="all"
             )
+            rec = OCR_STAGES[1]
+            zero_rows = metric(after, "pdserve_padding_images_total", model=rec) - metric(
+                before, "pdserve_padding_images_total", model=rec
+            )
             for row in rows:
                 row["padding_waste"] = padded / max(pixels, 1)  # over the whole load, all client counts
             table["pdserve"] = rows
+            (worker,) = httpx.get(f"{served.url}/models/{rec}").json()["versions"][0]["instances"]
+            rec_memory = memory_mib(worker["pid"])
+            print(f"{rec} worker: {rec_memory}; zero rows added to its runs: {zero_rows:.0f}", flush=True)
         finally:
             served.stop()
     print(table, flush=True)
@@ -163,7 +180,11 @@ def main() -> None:
     peer_rows = {r["clients"]: r for r in table["FastAPI + reference, one at a time"]}
     top = max(args.clients)
     print(
-        f"\nat {top} clients: pdserve {ours[top]['images_per_s'] / peer_rows[top]['images_per_s']:.2f}x the images/s "
+        f"\n{OCR_STAGES[1]} worker: RSS {rec_memory['rss_mib']:.0f} MiB (peak {rec_memory['peak_rss_mib']:.0f}); "
+        f"zero rows added to its runs: {zero_rows:.0f}; rec_widths {settings.get('rec_widths', 'shipped')}"
+    )
+    print(
+        f"at {top} clients: pdserve {ours[top]['images_per_s'] / peer_rows[top]['images_per_s']:.2f}x the images/s "
         f"of FastAPI + reference; p99 {ours[top]['p99_ms']:.0f} vs {peer_rows[top]['p99_ms']:.0f} ms"
     )
     if 1 in ours:
