@@ -11,9 +11,9 @@ same PP-OCRv4 files and the same settings (RapidOCR's, so that both pipelines do
 Closed loop at 1, 4 and 16 clients: images/s, characters/s, p50/p99, CPU per image (the server's
 process tree), pdserve's recognition padding waste (``pdserve_padded_pixels``: width padding of the
 lines' pixels), the zero rows added to the recogniser's runs (``pdserve_padding_images``), and the
-recogniser worker's memory (RSS at the end, and its peak).
+stage workers' memory (RSS at the end, and its peak).
 
-    .venv/bin/python benchmarks/ocr.py [--seconds 20] [--rec-widths 96 160 ...]
+    .venv/bin/python benchmarks/ocr.py [--seconds 20] [--rec-widths 96 160 ...] [--det-instances N]
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
+import yaml  # noqa: E402
 
+from pdserve.model_config import Ocr  # noqa: E402
 from pdserve.pipeline.bench import cpu_name  # noqa: E402
 from pdserve.pipeline.loadgen import Request, Target, closed_loop, percentile, run  # noqa: E402
 from pdserve.pipeline.published import OCR_MODEL, OCR_STAGES, ocr_repository  # noqa: E402
@@ -103,6 +105,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--rec-widths", type=int, nargs="+", help="ocr.rec_widths (default: the shipped ones)")
+    parser.add_argument("--det-instances", type=int, help="detector workers (default: the OCR repository's)")
     args = parser.parse_args()
     settings = {**AS_REFERENCE, **({"rec_widths": args.rec_widths} if args.rec_widths else {})}
     images = [render(lines, size, angle) for lines, size, angle in CASES]
@@ -114,12 +117,20 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         repo = ocr_repository(Path(tmp), ocr=settings)
+        det_config = repo / OCR_STAGES[0] / "config.yaml"
+        det = yaml.safe_load(det_config.read_text())
+        if args.det_instances:
+            det["instances"] = args.det_instances
+            det_config.write_text(yaml.safe_dump(det, sort_keys=False))
+        det_workers = int(det["instances"])
         served = Served(repo)
         try:
             served.wait_ready()
             path = f"/predict?model={OCR_MODEL}"
-            for _ in range(2):  # warm every stage's shapes
-                for data in images:
+            # Warm every stage's shapes on every worker: one client's requests take the idle workers in
+            # turn, so each image sent once per detector worker (twice at least) reaches each of them.
+            for data in images:
+                for _ in range(max(2, det_workers)):
                     httpx.post(served.url + path, content=data, headers={"content-type": "image/png"}, timeout=60)
             before = httpx.get(served.url + "/metrics").text
             rows = [load(served.url, path, images, c, args.seconds, served.pids()) for c in args.clients]
@@ -137,9 +148,12 @@ def main() -> None:
             for row in rows:
                 row["padding_waste"] = padded / max(pixels, 1)  # over the whole load, all client counts
             table["pdserve"] = rows
-            (worker,) = httpx.get(f"{served.url}/models/{rec}").json()["versions"][0]["instances"]
-            rec_memory = memory_mib(worker["pid"])
-            print(f"{rec} worker: {rec_memory}; zero rows added to its runs: {zero_rows:.0f}", flush=True)
+            workers = {
+                f"{stage} worker {worker['index']}": memory_mib(worker["pid"])
+                for stage in OCR_STAGES
+                for worker in httpx.get(f"{served.url}/models/{stage}").json()["versions"][0]["instances"]
+            }
+            print(f"workers: {workers}; zero rows added to {rec}'s runs: {zero_rows:.0f}", flush=True)
         finally:
             served.stop()
     print(table, flush=True)
@@ -179,9 +193,13 @@ def main() -> None:
     ours = {r["clients"]: r for r in table["pdserve"]}
     peer_rows = {r["clients"]: r for r in table["FastAPI + reference, one at a time"]}
     top = max(args.clients)
+    print()
+    for name, memory in workers.items():
+        print(f"{name}: RSS {memory['rss_mib']:.0f} MiB (peak {memory['peak_rss_mib']:.0f})")
+    widths = list(Ocr.model_validate(settings).rec_widths)
     print(
-        f"\n{OCR_STAGES[1]} worker: RSS {rec_memory['rss_mib']:.0f} MiB (peak {rec_memory['peak_rss_mib']:.0f}); "
-        f"zero rows added to its runs: {zero_rows:.0f}; rec_widths {settings.get('rec_widths', 'shipped')}"
+        f"zero rows added to {OCR_STAGES[1]}'s runs: {zero_rows:.0f}; rec_widths {widths}; "
+        f"detector workers {det_workers}"
     )
     print(
         f"at {top} clients: pdserve {ours[top]['images_per_s'] / peer_rows[top]['images_per_s']:.2f}x the images/s "

@@ -117,10 +117,14 @@ OCR_STAGES = ("ppocr_v4_det", "ppocr_v4_rec", "ppocr_mobile_v2_cls")
 # width bucket), which their workers build before the first request (tensor.warm_shapes), and their
 # stacks run at those batch sizes only. Measured on the recogniser (1 thread, AVX2): a row costs the same
 # from 4 rows up (width 320: 29, 32, 30 ms a row at 4, 8, 16 rows), while its memory grows with the
-# largest run it has seen (RSS 1.6 GB after 16 rows x 320, 2.7 GB after 16 x 640, 5.0 GB after
-# 16 x 1280), so its runs stop at 4 rows while a batch may take 16 lines of all widths.
+# largest run it has seen (shapes run smallest first: RSS 1.6 GB after 16 rows x 320, 2.7 GB after
+# 16 x 640, 5.0 GB after 16 x 1280), so its runs stop at 4 rows while a batch may take 16 lines of all
+# widths (its worker, warmed largest first: 660 MiB, BENCHMARKS.md OCR). On 2 cores the detector is
+# most of an image's compute: two detector workers use both cores, each taking one image at a time,
+# since stacking same-size images from different requests makes shapes no warm-up built (first runs,
+# and up to 5 GB RSS a worker: BENCHMARKS.md OCR).
 _STAGE_CONFIG: dict[str, dict[str, object]] = {
-    "ppocr_v4_det": {"max_batch_size": 4, "max_queue_delay_ms": 2},
+    "ppocr_v4_det": {"instances": 2, "max_batch_size": 1, "max_queue_delay_ms": 2},
     "ppocr_v4_rec": {"max_batch_size": 16, "max_queue_delay_ms": 2, "batch_sizes": [1, 2, 4]},
     "ppocr_mobile_v2_cls": {"max_batch_size": 16, "max_queue_delay_ms": 2},
 }
