@@ -9,9 +9,11 @@ same PP-OCRv4 files and the same settings (RapidOCR's, so that both pipelines do
   PaddleX's basic serving does.
 
 Closed loop at 1, 4 and 16 clients: images/s, characters/s, p50/p99, CPU per image (the server's
-process tree), and pdserve's recognition padding waste (``pdserve_padded_pixels``).
+process tree), pdserve's recognition padding waste (``pdserve_padded_pixels``: width padding of the
+lines' pixels), the zero rows added to the recogniser's runs (``pdserve_padding_images``), and the
+stage workers' memory (RSS at the end, and its peak).
 
-    .venv/bin/python benchmarks/ocr.py [--seconds 20]
+    .venv/bin/python benchmarks/ocr.py [--seconds 20] [--rec-widths 96 160 ...] [--det-instances N]
 """
 
 from __future__ import annotations
@@ -30,10 +32,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
+import yaml  # noqa: E402
 
+from pdserve.model_config import Ocr  # noqa: E402
 from pdserve.pipeline.bench import cpu_name  # noqa: E402
 from pdserve.pipeline.loadgen import Request, Target, closed_loop, percentile, run  # noqa: E402
-from pdserve.pipeline.published import OCR_MODEL, ocr_repository  # noqa: E402
+from pdserve.pipeline.published import OCR_MODEL, OCR_STAGES, ocr_repository  # noqa: E402
 from pdserve.pipeline.served import Served, cpu_seconds, free_port, metric, tree  # noqa: E402
 from pdserve.pipeline.text_images import AS_REFERENCE, CASES, render  # noqa: E402
 
@@ -60,6 +64,12 @@ def load(url: str, path: str, images: list[bytes], clients: int, seconds: float,
         "cpu_ms_per_image": 1000 * cpu / max(len(ok), 1),
         "errors": len(results) - len(ok),
     }
+
+
+def memory_mib(pid: int) -> dict[str, float]:
+    """A process's resident memory now and at its peak, from /proc."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return {"rss_mib": int(fields["VmRSS"].split()[0]) / 1024, "peak_rss_mib": int(fields["VmHWM"].split()[0]) / 1024}
 
 
 def in_process(images: list[bytes], seconds: float) -> dict[str, float]:
@@ -94,7 +104,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--rec-widths", type=int, nargs="+", help="ocr.rec_widths (default: the shipped ones)")
+    parser.add_argument("--det-instances", type=int, help="detector workers (default: the OCR repository's)")
     args = parser.parse_args()
+    settings = {**AS_REFERENCE, **({"rec_widths": args.rec_widths} if args.rec_widths else {})}
     images = [render(lines, size, angle) for lines, size, angle in CASES]
     print(f"CPU: {cpu_name()} ({platform.machine()}), {len(images)} images", flush=True)
     table: dict[str, list[dict[str, float]]] = {}
@@ -103,13 +116,21 @@ def main() -> None:
     print(table, flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
-        repo = ocr_repository(Path(tmp), ocr=AS_REFERENCE)
+        repo = ocr_repository(Path(tmp), ocr=settings)
+        det_config = repo / OCR_STAGES[0] / "config.yaml"
+        det = yaml.safe_load(det_config.read_text())
+        if args.det_instances:
+            det["instances"] = args.det_instances
+            det_config.write_text(yaml.safe_dump(det, sort_keys=False))
+        det_workers = int(det["instances"])
         served = Served(repo)
         try:
             served.wait_ready()
             path = f"/predict?model={OCR_MODEL}"
-            for _ in range(2):  # warm every stage's shapes
-                for data in images:
+            # Warm every stage's shapes on every worker: one client's requests take the idle workers in
+            # turn, so each image sent once per detector worker (twice at least) reaches each of them.
+            for data in images:
+                for _ in range(max(2, det_workers)):
                     httpx.post(served.url + path, content=data, headers={"content-type": "image/png"}, timeout=60)
             before = httpx.get(served.url + "/metrics").text
             rows = [load(served.url, path, images, c, args.seconds, served.pids()) for c in args.clients]
@@ -120,9 +141,19 @@ def main() -> None:
             pixels = metric(after, "pdserve_padded_pixels_total", model=OCR_MODEL, what="all") - metric(
                 before, "pdserve_padded_pixels_total", model=OCR_MODEL, what="all"
             )
+            rec = OCR_STAGES[1]
+            zero_rows = metric(after, "pdserve_padding_images_total", model=rec) - metric(
+                before, "pdserve_padding_images_total", model=rec
+            )
             for row in rows:
                 row["padding_waste"] = padded / max(pixels, 1)  # over the whole load, all client counts
             table["pdserve"] = rows
+            workers = {
+                f"{stage} worker {worker['index']}": memory_mib(worker["pid"])
+                for stage in OCR_STAGES
+                for worker in httpx.get(f"{served.url}/models/{stage}").json()["versions"][0]["instances"]
+            }
+            print(f"workers: {workers}; zero rows added to {rec}'s runs: {zero_rows:.0f}", flush=True)
         finally:
             served.stop()
     print(table, flush=True)
@@ -162,8 +193,16 @@ def main() -> None:
     ours = {r["clients"]: r for r in table["pdserve"]}
     peer_rows = {r["clients"]: r for r in table["FastAPI + reference, one at a time"]}
     top = max(args.clients)
+    print()
+    for name, memory in workers.items():
+        print(f"{name}: RSS {memory['rss_mib']:.0f} MiB (peak {memory['peak_rss_mib']:.0f})")
+    widths = list(Ocr.model_validate(settings).rec_widths)
     print(
-        f"\nat {top} clients: pdserve {ours[top]['images_per_s'] / peer_rows[top]['images_per_s']:.2f}x the images/s "
+        f"zero rows added to {OCR_STAGES[1]}'s runs: {zero_rows:.0f}; rec_widths {widths}; "
+        f"detector workers {det_workers}"
+    )
+    print(
+        f"at {top} clients: pdserve {ours[top]['images_per_s'] / peer_rows[top]['images_per_s']:.2f}x the images/s "
         f"of FastAPI + reference; p99 {ours[top]['p99_ms']:.0f} vs {peer_rows[top]['p99_ms']:.0f} ms"
     )
     if 1 in ours:

