@@ -12,7 +12,6 @@ on to the app, which answers as before: the door only ever answers 429.
 
 from __future__ import annotations
 
-import math
 from urllib.parse import unquote_plus
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -72,13 +71,10 @@ def inference_target(path: str, query: bytes) -> tuple[str | None, int | None, b
     return model, version, v2
 
 
-async def _answer(send: Send, body: bytes, retry_after_s: float) -> None:
+async def _answer(send: Send, body: bytes, extra: dict[str, str]) -> None:
     """A 429 as plain ASGI messages: what ``JSONResponse`` sends, without building one."""
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"retry-after", str(max(1, math.ceil(retry_after_s))).encode()),
-    ]
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
     await send({"type": "http.response.start", "status": 429, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -96,7 +92,7 @@ class FrontDoor:
             if refusal is not None:
                 exc, target = refusal
                 count_refusal(self.service, target, exc)
-                await _answer(send, error_body(scope["path"], exc.code, exc.message), exc.retry_after_s)
+                await _answer(send, error_body(scope["path"], exc.code, exc.message), exc.headers)
                 return
         await self.app(scope, receive, send)
 
