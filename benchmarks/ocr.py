@@ -13,12 +13,18 @@ process tree), pdserve's recognition padding waste (``pdserve_padded_pixels``: w
 lines' pixels), the zero rows added to the recogniser's runs (``pdserve_padding_images``), and the
 stage workers' memory (RSS at the end, and its peak).
 
-    .venv/bin/python benchmarks/ocr.py [--seconds 20] [--rec-widths 96 160 ...] [--det-instances N]
+    .venv/bin/python benchmarks/ocr.py [--seconds 20] [--rec-widths 96 160 ...] [--rec-padding paddleocr]
+        [--det-instances N]
+
+It also reads every page of the e2e test (CASES and MORE_CASES) with pdserve, 16 at a time, and with the
+reference, and reports how many of the reference's lines pdserve read the same, and both pipelines'
+character accuracy against the text the pages were rendered with.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import platform
 import statistics
@@ -27,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -39,7 +46,14 @@ from pdserve.pipeline.bench import cpu_name  # noqa: E402
 from pdserve.pipeline.loadgen import Request, Target, closed_loop, percentile, run  # noqa: E402
 from pdserve.pipeline.published import OCR_MODEL, OCR_STAGES, ocr_repository  # noqa: E402
 from pdserve.pipeline.served import Served, cpu_seconds, free_port, metric, tree  # noqa: E402
-from pdserve.pipeline.text_images import AS_REFERENCE, CASES, render  # noqa: E402
+from pdserve.pipeline.text_images import (  # noqa: E402
+    AS_REFERENCE,
+    CASES,
+    MORE_CASES,
+    char_accuracy,
+    line_agreement,
+    render,
+)
 
 REFERENCE = ROOT / ".venv" / "ocr-reference"
 
@@ -72,16 +86,49 @@ def memory_mib(pid: int) -> dict[str, float]:
     return {"rss_mib": int(fields["VmRSS"].split()[0]) / 1024, "peak_rss_mib": int(fields["VmHWM"].split()[0]) / 1024}
 
 
-def in_process(images: list[bytes], seconds: float) -> dict[str, float]:
-    """The reference called one image at a time in this process: its own limit, no HTTP."""
-    import cv2
-    import numpy as np
-
+def _reference() -> Any:
     sys.path.insert(0, str(REFERENCE))
     from rapidocr_paddle import RapidOCR
 
-    engine = RapidOCR(Global={"print_verbose": False})
-    decoded = [cv2.imdecode(np.frombuffer(d, np.uint8), cv2.IMREAD_COLOR) for d in images]
+    return RapidOCR(Global={"print_verbose": False})
+
+
+def _decoded(images: list[bytes]) -> list[Any]:
+    import cv2
+    import numpy as np
+
+    return [cv2.imdecode(np.frombuffer(d, np.uint8), cv2.IMREAD_COLOR) for d in images]
+
+
+def reference_lines(pages: list[bytes]) -> list[list[dict[str, Any]]]:
+    """The reference's lines (box, text) on every page."""
+    engine = _reference()
+    return [[{"box": box, "text": text} for box, text, _ in engine(page)[0] or []] for page in _decoded(pages)]
+
+
+def served_lines(url: str, pages: list[bytes], clients: int) -> list[list[dict[str, Any]]]:
+    """pdserve's lines on every page, ``clients`` requests at a time (lines of concurrent pages batch)."""
+
+    async def all_pages() -> list[httpx.Response]:
+        gate = asyncio.Semaphore(clients)
+
+        async def post(client: httpx.AsyncClient, data: bytes) -> httpx.Response:
+            async with gate:
+                return await client.post(
+                    f"/predict?model={OCR_MODEL}", content=data, headers={"content-type": "image/png"}
+                )
+
+        async with httpx.AsyncClient(base_url=url, timeout=300) as client:
+            return list(await asyncio.gather(*(post(client, data) for data in pages)))
+
+    responses = asyncio.run(all_pages())
+    return [r.json()["lines"] for r in responses]
+
+
+def in_process(images: list[bytes], seconds: float) -> dict[str, float]:
+    """The reference called one image at a time in this process: its own limit, no HTTP."""
+    engine = _reference()
+    decoded = _decoded(images)
     engine(decoded[0])  # warm-up
     latencies: list[float] = []
     chars, start = 0, time.perf_counter()
@@ -105,12 +152,20 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--rec-widths", type=int, nargs="+", help="ocr.rec_widths (default: the shipped ones)")
+    parser.add_argument("--rec-padding", choices=["buckets", "paddleocr"], help="ocr.rec_padding (default: paddleocr)")
     parser.add_argument("--det-instances", type=int, help="detector workers (default: the OCR repository's)")
     args = parser.parse_args()
-    settings = {**AS_REFERENCE, **({"rec_widths": args.rec_widths} if args.rec_widths else {})}
+    settings = {
+        **AS_REFERENCE,
+        **({"rec_widths": args.rec_widths} if args.rec_widths else {}),
+        **({"rec_padding": args.rec_padding} if args.rec_padding else {}),
+    }
     images = [render(lines, size, angle) for lines, size, angle in CASES]
+    pages = [*CASES, *MORE_CASES]  # line agreement: every page the e2e test reads
+    page_images = [render(lines, size, angle) for lines, size, angle in pages]
     print(f"CPU: {cpu_name()} ({platform.machine()}), {len(images)} images", flush=True)
     table: dict[str, list[dict[str, float]]] = {}
+    theirs = reference_lines(page_images)
 
     table["reference in-process"] = [in_process(images, args.seconds)]
     print(table, flush=True)
@@ -154,6 +209,7 @@ def main() -> None:
                 for worker in httpx.get(f"{served.url}/models/{stage}").json()["versions"][0]["instances"]
             }
             print(f"workers: {workers}; zero rows added to {rec}'s runs: {zero_rows:.0f}", flush=True)
+            our_lines = served_lines(served.url, page_images, max(args.clients))  # after the memory: new sizes
         finally:
             served.stop()
     print(table, flush=True)
@@ -190,6 +246,22 @@ def main() -> None:
                 f"| {name} | {r['clients']:.0f} | {r['images_per_s']:.2f} | {r['chars_per_s']:.0f} | "
                 f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {cpu} | {waste} |"
             )
+    agreed = line_agreement(our_lines, theirs)
+    truth = [lines for lines, _, _ in pages]
+    accuracy = [
+        sum(char_accuracy([line["text"] for line in found], want) for found, want in zip(side, truth, strict=True))
+        / len(truth)
+        for side in (our_lines, theirs)
+    ]
+    print(
+        f"lines of {len(pages)} pages read as the reference reads them ({max(args.clients)} requests at a time): "
+        f"{agreed.equal}/{agreed.total} ({agreed.equal / agreed.total:.1%}) equal, {agreed.equal_but_spaces} "
+        f"({agreed.equal_but_spaces / agreed.total:.1%}) equal but for spaces; character accuracy against the "
+        f"truth: pdserve {accuracy[0]:.4f}, reference {accuracy[1]:.4f}; rec_padding "
+        f"{Ocr.model_validate(settings).rec_padding}"
+    )
+    for reference_text, our_text in agreed.differ:
+        print(f"  differs: reference {reference_text!r}, pdserve {our_text!r}")
     ours = {r["clients"]: r for r in table["pdserve"]}
     peer_rows = {r["clients"]: r for r in table["FastAPI + reference, one at a time"]}
     top = max(args.clients)

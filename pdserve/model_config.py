@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError, field_validator, model_validator
 
 from pdserve.errors import ModelConfigError
 
@@ -222,10 +222,22 @@ class Ocr(_Section):
     rec_image_height: PositiveInt = 48
     rec_widths: tuple[PositiveInt, ...] = Field(
         (96, 160, 256, 352, 448, 640, 800, 1280),
-        description="Width buckets: a line is resized to rec_image_height and padded up to the next bucket "
-        "(wider lines are squeezed into the last), so lines from all requests batch by bucket. The default "
-        "was chosen on the lines of pdserve.pipeline.text_images.CASES (padding waste 11% there).",
+        description="rec_padding buckets: a line is resized to rec_image_height and padded up to the next "
+        "bucket (wider lines are squeezed into the last), so lines from all requests batch by bucket. The "
+        "default was chosen on the lines of pdserve.pipeline.text_images.CASES (padding waste 11% there). "
+        "Either way the OCR repository's recogniser builds these widths before it is ready.",
     )
+    rec_padding: Literal["paddleocr", "buckets"] = Field(
+        "paddleocr",
+        description="paddleocr: lines padded as PaddleOCR pads them (an image's lines sorted by aspect ratio, "
+        "taken rec_batch_num at a time, each group to its widest line and to at least rec_image_width), for "
+        "PaddleOCR's own text: the recogniser reads a line a little differently with different padding to its "
+        "right, spaces above all. Lines of all requests batch when their widths are equal (320 is common). "
+        "buckets: each line padded only to its width bucket (rec_widths), so lines of all requests batch by "
+        "bucket with less padding and only warmed shapes run, at the cost of some lines read differently.",
+    )
+    rec_batch_num: PositiveInt = Field(6, description="rec_padding paddleocr: lines of an image padded together.")
+    rec_image_width: PositiveInt = Field(320, description="rec_padding paddleocr: the narrowest a line is padded to.")
     drop_score: float = Field(0.5, description="Lines recognised with a lower score are left out.")
 
 
@@ -272,6 +284,11 @@ class ModelConfig(_Section):
     )
     instances: PositiveInt = Field(1, description="Worker processes, each with its own predictor.")
     cpu_threads: PositiveInt = Field(1, description="Math library threads per instance.")
+    onednn_cache_shapes: NonNegativeInt = Field(
+        0,
+        description="Engine onednn: the input shapes whose primitives oneDNN keeps, the least recently used "
+        "dropped (Paddle's set_mkldnn_cache_capacity); 0: all. Bound it for a model that sees ever new shapes.",
+    )
     max_batch_size: PositiveInt = Field(8, description="Largest batch the batcher forms.")
     max_queue_delay_ms: float = Field(5.0, ge=0, description="How long a batch waits for more requests.")
     batch_sizes: tuple[PositiveInt, ...] | None = Field(

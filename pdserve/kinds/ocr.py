@@ -6,7 +6,9 @@ HTTP process (pixel work in threads, ``ocr_geometry.py``) and sends each model's
 model's batcher: detection inputs padded to a shape bucket (``ocr.det_bucket``), every text line
 to the direction classifier at one shape, and every line to the recogniser padded to a width
 bucket (``ocr.rec_widths``). Lines of all concurrent requests therefore batch together by bucket,
-and one request's recognition overlaps the next one's detection. The stage models are tensor models:
+and one request's recognition overlaps the next one's detection. ``ocr.rec_padding: paddleocr`` pads
+lines as PaddleOCR does instead, for PaddleOCR's own text: lines then batch only with lines of the
+same padded width, mostly their own image's. The stage models are tensor models:
 the OCR repository (``pipeline/published.py``) declares their bucket shapes as ``tensor.warm_shapes``,
 so their workers build them before the first request and run stacks only at warmed batch sizes.
 One image's failure fails only that image's request.
@@ -89,7 +91,12 @@ class OcrPipeline:
         angles = [0] * len(crops)
         if "cls" in stages:
             crops, angles = await self._turn(crops, stages["cls"])
-        recognised = await asyncio.gather(*(self._recognise(c, stages["rec"]) for c in crops))
+        if s.rec_padding == "paddleocr":
+            widths = geo.paddleocr_widths(crops, s.rec_image_height, s.rec_image_width, s.rec_batch_num)
+        else:
+            widths = [self.bucket(crop) for crop in crops]
+        reads = (self._recognise(crop, width, stages["rec"]) for crop, width in zip(crops, widths, strict=True))
+        recognised = await asyncio.gather(*reads)
         lines = [
             {"text": text, "score": score, "box": [[int(x), int(y)] for x, y in box], "angle": angle}
             for box, angle, (text, score) in zip(boxes, angles, recognised, strict=True)
@@ -121,12 +128,12 @@ class OcrPipeline:
         width = geo.rec_width(crop, self.s.rec_image_height)
         return next((b for b in self.s.rec_widths if b >= width), self.s.rec_widths[-1])
 
-    async def _recognise(self, crop: np.ndarray, rec: Stage) -> tuple[str, float]:
-        bucket = self.bucket(crop)
-        x = geo.rec_input(crop, self.s.rec_image_height, bucket)
-        used = min(bucket, geo.rec_width(crop, self.s.rec_image_height))
-        self.padded.inc((bucket - used) * self.s.rec_image_height)
-        self.pixels.inc(bucket * self.s.rec_image_height)
+    async def _recognise(self, crop: np.ndarray, width: int, rec: Stage) -> tuple[str, float]:
+        """The line at the recogniser's height, padded (or squeezed) to ``width``, read."""
+        x = geo.rec_input(crop, self.s.rec_image_height, width)
+        used = min(width, geo.rec_width(crop, self.s.rec_image_height))
+        self.padded.inc((width - used) * self.s.rec_image_height)
+        self.pixels.inc(width * self.s.rec_image_height)
         probs = await rec(x[None])
         return geo.ctc_decode(probs[0], self.characters)
 

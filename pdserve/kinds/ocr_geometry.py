@@ -25,7 +25,8 @@ def det_size(height: int, width: int, limit: int, limit_type: str) -> tuple[int,
         ratio = limit / max(height, width) if max(height, width) > limit else 1.0
     else:
         ratio = limit / min(height, width) if min(height, width) < limit else 1.0
-    return max(round(height * ratio / 32) * 32, 32), max(round(width * ratio / 32) * 32, 32)
+    # As PaddleOCR's DetResizeForTest: the scaled side truncated first, then rounded (half to even) to 32
+    return max(round(int(height * ratio) / 32) * 32, 32), max(round(int(width * ratio) / 32) * 32, 32)
 
 
 def det_input(
@@ -180,6 +181,21 @@ def cls_input(crop: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
 def rec_width(crop: np.ndarray, height: int) -> int:
     """The crop's width once resized to the recogniser's height, in proportion."""
     return max(1, math.ceil(height * int(crop.shape[1]) / max(int(crop.shape[0]), 1)))
+
+
+def paddleocr_widths(crops: Sequence[np.ndarray], height: int, least: int, group: int) -> list[int]:
+    """The width PaddleOCR's TextRecognizer pads each of one image's lines to: lines sorted by aspect
+    ratio, taken ``group`` at a time, each group to its widest line's width at ``height``, never below
+    ``least``."""
+    ratios = [crop.shape[1] / float(crop.shape[0]) for crop in crops]
+    order = np.argsort(np.array(ratios))  # PaddleOCR's own sort (not stable): ties fall in the same groups
+    widths = [0] * len(crops)
+    for start in range(0, len(crops), group):
+        members = order[start : start + group]
+        widest = max(least / height, *(ratios[i] for i in members))
+        for i in members:
+            widths[i] = int(height * widest)
+    return widths
 
 
 def rec_input(crop: np.ndarray, height: int, bucket: int) -> np.ndarray:

@@ -122,17 +122,25 @@ OCR_STAGES = ("ppocr_v4_det", "ppocr_v4_rec", "ppocr_mobile_v2_cls")
 # widths (its worker, warmed largest first: 660 MiB, BENCHMARKS.md OCR). On 2 cores the detector is
 # most of an image's compute: two detector workers use both cores, each taking one image at a time,
 # since stacking same-size images from different requests makes shapes no warm-up built (first runs,
-# and up to 5 GB RSS a worker: BENCHMARKS.md OCR).
+# and up to 5 GB RSS a worker: BENCHMARKS.md OCR). The detector sees a new shape for every new image size,
+# and the recogniser one for every line width under ocr.rec_padding paddleocr: oneDNN keeps the
+# primitives of the 64 shapes last used (about 0.5 MB a shape on the recogniser), not of all it has seen.
 _STAGE_CONFIG: dict[str, dict[str, object]] = {
-    "ppocr_v4_det": {"instances": 2, "max_batch_size": 1, "max_queue_delay_ms": 2},
-    "ppocr_v4_rec": {"max_batch_size": 16, "max_queue_delay_ms": 2, "batch_sizes": [1, 2, 4]},
+    "ppocr_v4_det": {"instances": 2, "max_batch_size": 1, "max_queue_delay_ms": 2, "onednn_cache_shapes": 64},
+    "ppocr_v4_rec": {
+        "max_batch_size": 16,
+        "max_queue_delay_ms": 2,
+        "batch_sizes": [1, 2, 4],
+        "onednn_cache_shapes": 64,
+    },
     "ppocr_mobile_v2_cls": {"max_batch_size": 16, "max_queue_delay_ms": 2},
 }
 
 
 def stage_warm_shapes(ocr: Ocr) -> dict[str, list[dict[str, list[int]]]]:
     """Each stage's input shapes, from the pipeline's settings (both models take one input, x)."""
-    rec = [{"x": [3, ocr.rec_image_height, width]} for width in ocr.rec_widths]
+    widths = sorted({*ocr.rec_widths, *([ocr.rec_image_width] if ocr.rec_padding == "paddleocr" else [])})
+    rec = [{"x": [3, ocr.rec_image_height, width]} for width in widths]
     return {"ppocr_v4_rec": rec, "ppocr_mobile_v2_cls": [{"x": list(ocr.cls_image_shape)}] if ocr.cls_model else []}
 
 

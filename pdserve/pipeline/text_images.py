@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import io
 import random
+from dataclasses import dataclass, field
+from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -111,3 +113,60 @@ def render(lines: list[str], size: int, angle: float) -> bytes:
     out = io.BytesIO()
     image.save(out, "PNG")
     return out.getvalue()
+
+
+# ---- comparing what two pipelines read --------------------------------------------------------------
+def edit_distance(a: str, b: str) -> int:
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
+
+
+def char_accuracy(found: list[str], truth: list[str]) -> float:
+    """1 - edit distance / truth length, spaces ignored (PP-OCRv4's Chinese model often drops them)."""
+    got, want = "".join(found).replace(" ", ""), "".join(truth).replace(" ", "")
+    return max(0.0, 1 - edit_distance(got, want) / len(want))
+
+
+def _bounds(box: Any) -> tuple[float, float, float, float]:
+    xs, ys = [p[0] for p in box], [p[1] for p in box]
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def iou(a: Any, b: Any) -> float:
+    ax0, ay0, ax1, ay1 = _bounds(a)
+    bx0, by0, bx1, by1 = _bounds(b)
+    inter = max(0.0, min(ax1, bx1) - max(ax0, bx0)) * max(0.0, min(ay1, by1) - max(ay0, by0))
+    union = (ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter
+    return inter / union if union else 0.0
+
+
+@dataclass
+class Agreement:
+    """How many of a reference's lines another pipeline read the same (the line it found at the same
+    place, IoU > 0.5), and the same apart from spaces; ``differ``: (reference's text, ours or None)."""
+
+    total: int = 0
+    equal: int = 0
+    equal_but_spaces: int = 0
+    differ: list[tuple[str, str | None]] = field(default_factory=list)
+
+
+def line_agreement(ours: list[list[dict[str, Any]]], theirs: list[list[dict[str, Any]]]) -> Agreement:
+    """Per page, each of ``theirs``' lines (``{"box", "text"}``) against the best-placed of ``ours``."""
+    agreed = Agreement()
+    for our_lines, their_lines in zip(ours, theirs, strict=True):
+        for line in their_lines:
+            agreed.total += 1
+            match = max(our_lines, key=lambda o: iou(o["box"], line["box"]), default=None)
+            found = match["text"] if match is not None and iou(match["box"], line["box"]) > 0.5 else None
+            if found is not None and found.strip() == line["text"].strip():
+                agreed.equal += 1
+            else:
+                agreed.differ.append((line["text"], found))
+            if found is not None and found.replace(" ", "") == line["text"].replace(" ", ""):
+                agreed.equal_but_spaces += 1
+    return agreed

@@ -155,6 +155,8 @@ def plan_predictor(config: ModelConfig, version_dir: Path, cuda_available: bool,
                 )
             plan.add("enable_openvino_engine", Precision("Int8" if config.precision == "int8" else "Float32"))
             return plan
+        if config.onednn_cache_shapes:
+            plan.add("set_mkldnn_cache_capacity", config.onednn_cache_shapes)
         plan.add("enable_mkldnn")
         if config.precision == "int8":
             # Without the oneDNN INT8 passes a quantized model runs 4-7x slower than FP32.

@@ -13,6 +13,8 @@ def test_detection_sizes_are_multiples_of_32_within_the_side_limit() -> None:
     assert geo.det_size(100, 200, 960, "max") == (96, 192)
     assert geo.det_size(100, 200, 736, "min") == (736, 1472)
     assert geo.det_size(10, 10, 960, "max") == (32, 32)
+    # PaddleOCR truncates the scaled side, then rounds half to even: 621 x 736/307 = 1488.8 -> 1488 -> 1472
+    assert geo.det_size(307, 621, 736, "min") == (736, 1472)
 
 
 def test_ctc_merges_repeats_drops_blanks_and_scores_what_it_keeps() -> None:
@@ -59,3 +61,13 @@ def test_recognition_inputs_pad_to_the_bucket_on_the_right() -> None:
     assert geo.rec_width(crop, 48) == 120
     assert np.all(x[:, :, 120:] == 0)
     assert np.allclose(x[:, :, :120], 1.0)
+
+
+def test_paddleocr_padding_takes_an_images_lines_by_aspect_ratio_in_groups_to_the_widest() -> None:
+    crops = [np.zeros((48, w, 3), np.uint8) for w in (100, 480, 200, 960, 50, 300, 2000)]
+    # sorted by ratio: 50, 100, 200, 300, 480, 960 | 2000; each group to its widest, never below 320
+    assert geo.paddleocr_widths(crops, 48, 320, 6) == [960, 960, 960, 960, 960, 960, 2000]
+    assert geo.paddleocr_widths(crops[:3], 48, 320, 6) == [480, 480, 480]
+    assert geo.paddleocr_widths([np.zeros((24, 40, 3), np.uint8)], 48, 320, 6) == [320]
+    assert geo.paddleocr_widths([np.zeros((24, 400, 3), np.uint8)], 48, 320, 6) == [800]  # height 48: 2x
+    assert geo.paddleocr_widths([], 48, 320, 6) == []

@@ -44,6 +44,12 @@ def test_cpu_fp32_uses_onednn_with_the_configured_threads(version_dir: Path) -> 
     assert plan.args("set_cpu_math_library_num_threads") == (3,)
 
 
+def test_onednn_keeps_primitives_for_the_configured_number_of_shapes(version_dir: Path) -> None:
+    plan = plan_predictor(ModelConfig(onednn_cache_shapes=48), version_dir, cuda_available=False)
+    assert plan.args("set_mkldnn_cache_capacity") == (48,)
+    assert plan.methods().index("set_mkldnn_cache_capacity") < plan.methods().index("enable_mkldnn")
+
+
 @pytest.mark.parametrize(("precision", "openvino_precision"), [("fp32", "Float32"), ("int8", "Int8")])
 def test_cpu_openvino_engine_replaces_onednn(version_dir: Path, precision: str, openvino_precision: str) -> None:
     config = ModelConfig(engine="openvino", precision=precision, cpu_threads=2)

@@ -105,8 +105,11 @@ def test_batch_sizes_of_a_tensor_model_may_stop_below_max_batch_size() -> None:
 
 
 def test_the_ocr_repository_warms_the_pipelines_width_buckets_on_the_recogniser() -> None:
-    warm = stage_warm_shapes(Ocr(rec_widths=(100, 200), rec_image_height=32))
+    warm = stage_warm_shapes(Ocr(rec_widths=(100, 200), rec_image_height=32, rec_padding="buckets"))
     assert warm["ppocr_v4_rec"] == [{"x": [3, 32, 100]}, {"x": [3, 32, 200]}]
+    # padded as PaddleOCR pads: its narrowest width too, the most common (every short line of a short group)
+    paddleocr = stage_warm_shapes(Ocr(rec_widths=(100, 400), rec_image_height=32, rec_image_width=320))
+    assert paddleocr["ppocr_v4_rec"] == [{"x": [3, 32, 100]}, {"x": [3, 32, 320]}, {"x": [3, 32, 400]}]
     assert warm["ppocr_mobile_v2_cls"] == [{"x": [3, 48, 192]}]
     assert stage_warm_shapes(Ocr(cls_model=None))["ppocr_mobile_v2_cls"] == []
     for shapes in warm.values():  # what the config file will hold is a valid tensor section
