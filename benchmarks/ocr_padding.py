@@ -45,7 +45,7 @@ def main() -> None:
         captured.extend((crop, text[0], width) for crop, text, width in zip(crops, found, widths, strict=True))
         return found, elapsed
 
-    TextRecognizer.__call__ = recording  # type: ignore[method-assign]
+    TextRecognizer.__call__ = recording
     engine = RapidOCR(Global={"print_verbose": False})
     for lines, size, angle in [*CASES, *MORE_CASES]:
         engine(cv2.imdecode(np.frombuffer(render(lines, size, angle), np.uint8), cv2.IMREAD_COLOR))
