@@ -18,6 +18,7 @@ import asyncio
 import contextvars
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -231,6 +232,7 @@ class DynamicBatcher(Generic[In, Out]):
             for item in batch:
                 if item.request is not None:
                     item.request.dispatched(start - item.enqueued)
+            clock = time.perf_counter()  # uvloop's loop.time() is cached once an iteration, in whole ms
             try:
                 outputs = await self._fn([item.value for item in batch])
                 if len(outputs) != len(batch):
@@ -240,7 +242,7 @@ class DynamicBatcher(Generic[In, Out]):
                     if not item.future.done():
                         item.future.set_exception(exc)
                 return
-            elapsed = loop.time() - start
+            elapsed = time.perf_counter() - clock
             self._observer.completed(len(batch), elapsed)
             for item in batch:
                 if item.request is not None:

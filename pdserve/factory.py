@@ -44,7 +44,7 @@ class PdserveApp(FastAPI):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._outer is None:
             service: InferenceService = self.state.service
-            self._outer = RequestIds(FrontDoor(super().__call__, service))
+            self._outer = RequestIds(FrontDoor(super().__call__, service, self))
         await self._outer(scope, receive, send)
 
 

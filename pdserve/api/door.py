@@ -1,5 +1,6 @@
 """The front door: an inference request that admission would refuse is refused here, before
-routing, FastAPI's dependencies and the body.
+routing, FastAPI's dependencies and the body; and a v2 infer request that passes goes straight to
+its handler, without FastAPI's routing, dependencies and layers.
 
 Under overload most requests are refusals, and on a machine whose cores also run the model every
 microsecond a refusal costs is taken from inference. Through FastAPI's stack a 429 cost about a
@@ -7,19 +8,31 @@ millisecond of CPU (``benchmarks/null_model.py``); here it costs a path match, a
 and the bounds the route itself would check first: the process's requests in flight and the
 model's queue (``Overloaded``, the same message, reason, ``Retry-After`` and metrics). Anything
 else (another route, an unknown model, a wrong API key or media type, a draining server) goes
-on to the app, which answers as before: the door only ever answers 429.
+on to the app, which answers as before.
+
+The direct v2 path (``FrontDoor._infer``) runs the route's own handler (``infer_response``) with the
+same error handlers (``PdserveError`` in the v2 shape, anything else a logged 500 by ``CatchAll``)
+and the same route on the access line; it is taken only where the route would reach that handler:
+POST, a well-formed name and version, and the API key, if one is set, given. It halves what
+FastAPI's stack costs a v2 request (``benchmarks/null_model.py``, BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Any, NamedTuple
 from urllib.parse import unquote_plus
 
+from fastapi import FastAPI, Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pdserve.api.accounting import count_refusal
-from pdserve.api.auth import api_key_matches
-from pdserve.api.errors import error_body
+from pdserve.api.auth import api_key_matches, redact
+from pdserve.api.errors import CatchAll, error_body, error_response
 from pdserve.api.inputs import ACCEPTED_TYPES
+from pdserve.api.predict import predict_response
+from pdserve.api.v2.inference import infer_response
 from pdserve.errors import Overloaded, PdserveError
 from pdserve.service import InferenceService, ModelVersion
 
@@ -40,7 +53,7 @@ def _query_value(query: bytes, key: bytes) -> str | None:
 
 
 def _version(text: str) -> int:
-    if not text.isdigit() or text[0] == "0":
+    if not (text.isascii() and text.isdigit()) or text[0] == "0":
         raise ValueError(text)  # not a version: the route will say why
     return int(text)
 
@@ -79,39 +92,112 @@ async def _answer(send: Send, body: bytes, extra: dict[str, str]) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-class FrontDoor:
-    """ASGI layer between the request ids and the app (``factory.PdserveApp``)."""
+class _Route(NamedTuple):
+    """What the access line reads of a route (``scope["route"].path``), for requests the door answers."""
 
-    def __init__(self, app: ASGIApp, service: InferenceService) -> None:
+    path: str
+
+
+_V2_ROUTES = (_Route("/v2/models/{name}/infer"), _Route("/v2/models/{name}/versions/{version}/infer"))
+_REST_ROUTES = (_Route("/predict"), _Route("/models/{name}/predict"))
+_TOP_K = (1, 1000, 5)  # the REST routes' top_k: least, most, default
+
+
+def _plain_int(text: str) -> int | None:
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+def rest_params(query: bytes, timeout: str | None) -> tuple[dict[str, Any], int | None] | None:
+    """The REST predict routes' ``top_k``, ``score_threshold`` and ``X-Request-Timeout-Ms``, where each
+    is absent or plainly valid; None where FastAPI's validation must judge (and answer 422)."""
+    top_k: int | None = _TOP_K[2]
+    given = _query_value(query, b"top_k")
+    if given is not None:
+        top_k = _plain_int(given)
+        if top_k is None or not _TOP_K[0] <= top_k <= _TOP_K[1]:
+            return None
+    threshold: float | None = None
+    given = _query_value(query, b"score_threshold")
+    if given is not None:
+        if not given or not set(given) <= set("0123456789.") or given.count(".") > 1 or given == ".":
+            return None
+        threshold = float(given)
+        if threshold > 1:
+            return None
+    timeout_ms = None
+    if timeout is not None:
+        timeout_ms = _plain_int(timeout)
+        if timeout_ms is None or timeout_ms < 1:
+            return None
+    return {"top_k": top_k, "score_threshold": threshold}, timeout_ms
+
+
+class FrontDoor:
+    """ASGI layer between the request ids and the app (``factory.PdserveApp``). ``fastapi``: the app
+    whose v2 infer requests may go straight to their handler (None: all go through ``app``)."""
+
+    def __init__(self, app: ASGIApp, service: InferenceService, fastapi: FastAPI | None = None) -> None:
         self.app = app
         self.service = service
+        self.fastapi = fastapi
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            refusal = self._refusal(scope)
-            if refusal is not None:
-                exc, target = refusal
-                count_refusal(self.service, target, exc)
-                await _answer(send, error_body(scope["path"], exc.code, exc.message), exc.headers)
-                return
+            where = inference_target(scope["path"], scope["query_string"])
+            if where is not None:
+                model, version, v2 = where
+                authorization, content_type = _headers(scope)
+                if not api_key_matches(self.service.settings, authorization):
+                    await self.app(scope, receive, send)  # 401 first, as the route answers
+                    return
+                refusal = self._refusal(model, version, v2, content_type)
+                if refusal is not None:
+                    exc, target = refusal
+                    count_refusal(self.service, target, exc)
+                    await _answer(send, error_body(scope["path"], exc.code, exc.message), exc.headers)
+                    return
+                if self.fastapi is not None:
+                    direct = self._direct(scope, model, version, v2)
+                    if direct is not None:
+                        scope["app"] = self.fastapi  # what Starlette sets: the handlers read app.state
+                        await CatchAll(direct)(scope, receive, send)
+                        return
         await self.app(scope, receive, send)
 
-    def _refusal(self, scope: Scope) -> tuple[Overloaded, ModelVersion] | None:
-        where = inference_target(scope["path"], scope["query_string"])
-        if where is None:
+    def _direct(self, scope: Scope, model: str | None, version: int | None, v2: bool) -> ASGIApp | None:
+        """The route's handler as an ASGI app, where the route's own validation would pass; the access
+        line's route set as the router sets it."""
+        if v2:
+            assert model is not None  # a v2 path always names its model
+            scope["route"] = _V2_ROUTES[version is not None]
+            return partial(self._answer, infer_response, model, None if version is None else str(version))
+        timeout = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-timeout-ms"), None)
+        taken = rest_params(scope["query_string"], timeout)
+        if taken is None:
             return None
-        model, version, v2 = where
+        params, timeout_ms = taken
+        scope["route"] = _REST_ROUTES[scope["path"] != "/predict"]
+        return partial(self._answer, predict_response, model, version, params, timeout_ms)
+
+    async def _answer(self, handler: Any, *args: Any) -> None:
+        """``handler(request, service, *route_args)`` with the app's error handling for its errors
+        (``PdserveError``; anything else is ``CatchAll``'s), without FastAPI's routing and layers."""
+        *route_args, scope, receive, send = args
+        request = Request(scope, receive)
+        response: Response
+        try:
+            response = await handler(request, self.service, *route_args)
+        except PdserveError as exc:
+            message = redact(exc.message, request)
+            response = error_response(scope["path"], exc.status_code, exc.code, message, exc.headers)
+        await response(scope, receive, send)
+
+    def _refusal(
+        self, model: str | None, version: int | None, v2: bool, content_type: str
+    ) -> tuple[Overloaded, ModelVersion] | None:
         service = self.service
         if not service.lifecycle.ready:
             return None  # draining or refusing: the route says so
-        authorization = content_type = ""
-        for key, value in scope["headers"]:
-            if key == b"authorization":
-                authorization = value.decode("latin-1")
-            elif key == b"content-type":
-                content_type = value.decode("latin-1")
-        if not api_key_matches(service.settings, authorization):
-            return None  # 401 first, as the route answers
         if not v2 and content_type.split(";")[0].strip().lower() not in ACCEPTED_TYPES:
             return None  # 415 first
         try:
@@ -124,3 +210,14 @@ class FrontDoor:
         except Overloaded as exc:
             return exc, target
         return None
+
+
+def _headers(scope: Scope) -> tuple[str, str]:
+    """The request's Authorization and Content-Type values ("" when absent)."""
+    authorization = content_type = ""
+    for key, value in scope["headers"]:
+        if key == b"authorization":
+            authorization = value.decode("latin-1")
+        elif key == b"content-type":
+            content_type = value.decode("latin-1")
+    return authorization, content_type

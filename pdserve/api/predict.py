@@ -123,7 +123,7 @@ def _response(target: ModelVersion, results: list[dict[str, Any]], many: bool) -
     return JSONResponse({"model": target.name, "version": target.version, **results[0]})
 
 
-async def _predict(
+async def predict_response(
     request: Request,
     service: InferenceService,
     model: str | None,
@@ -131,6 +131,7 @@ async def _predict(
     params: dict[str, Any],
     timeout_ms: int | None,
 ) -> JSONResponse:
+    """The answer to a REST predict request (the routes below, and the front door's direct path)."""
     settings = service.settings
     with Accounted(service) as accounted:
         service.lifecycle.check_accepting()
@@ -166,7 +167,7 @@ async def predict(
     ``{"image": "<base64>"}``; get the ``top_k`` classes, best first (classifiers), or the boxes
     scoring at least ``score_threshold``, best first, in the image's pixels (detectors)."""
     params = {"top_k": top_k, "score_threshold": score_threshold}
-    return await _predict(request, service, model, version, params, timeout_ms)
+    return await predict_response(request, service, model, version, params, timeout_ms)
 
 
 @router.post(
@@ -188,4 +189,4 @@ async def predict_model(
 ) -> JSONResponse:
     """Same as ``POST /predict?model=<name>``."""
     params = {"top_k": top_k, "score_threshold": score_threshold}
-    return await _predict(request, service, name, version, params, timeout_ms)
+    return await predict_response(request, service, name, version, params, timeout_ms)

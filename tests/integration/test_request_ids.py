@@ -68,3 +68,26 @@ def test_a_missing_or_unsafe_id_is_replaced_by_a_new_one(server: ServerThread, g
     second = httpx.get(f"{server.url}/models", headers=headers).headers["x-request-id"]
     assert re.fullmatch(r"[0-9a-f]{32}", first)
     assert first != second
+
+
+@pytest.mark.parametrize("path", ["/v2/models/{m}/infer", "/v2/models/{m}/versions/1/infer"])
+def test_v2_infer_taken_straight_to_its_handler_logs_its_route_as_the_router_would(
+    server: ServerThread, caplog: pytest.LogCaptureFixture, path: str
+) -> None:
+    """The front door runs a v2 infer request's handler itself (api/door.py): the access line still
+    names the route's template, the model and the timings, and a wrong version still answers in v2's
+    shape."""
+    import base64
+
+    photo = base64.b64encode(sample_list(1)[0][0].read_bytes()).decode()
+    body = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [photo]}]}
+    with caplog.at_level(logging.INFO, logger="pdserve.access"):
+        ok = httpx.post(server.url + path.format(m=DEFAULT_MODEL), json=body, headers={"X-Request-ID": "v2-ok"})
+        wrong = httpx.post(f"{server.url}/v2/models/{DEFAULT_MODEL}/versions/9/infer", json=body)
+    assert ok.status_code == 200, ok.text
+    line = _access(caplog, "v2-ok")
+    assert line["route"] == path.replace("{m}", "{name}").replace("/1/", "/{version}/")
+    assert (line["status"], line["model"], line["version"], line["images"]) == (200, DEFAULT_MODEL, 1, 1)
+    assert isinstance(line["compute_ms"], float)
+    assert wrong.status_code == 404
+    assert set(wrong.json()) == {"error", "request_id"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pdserve.api.door import inference_target
+from pdserve.api.door import inference_target, rest_params
 from pdserve.request_log import RefusalLines, request_id_from
 
 
@@ -32,6 +32,7 @@ def test_inference_routes_name_their_model(path: str, query: bytes, expected: tu
         ("/ocr", b""),
         ("/predict", b"version=x"),  # the route answers 422
         ("/predict", b"version=0"),
+        ("/predict", b"version=%D9%A3"),  # a digit to str.isdigit, not to the route
         ("/v2/models/m/versions/01/infer", b""),
         ("/models//predict", b""),
         ("/models/a/b/predict", b""),
@@ -69,3 +70,39 @@ def test_the_query_is_read_as_parse_qs_reads_it(query: bytes) -> None:
     args = parse_qs(query.decode(), keep_blank_values=True)
     for key in ("model", "version"):
         assert _query_value(query, key.encode()) == (args[key][-1] if key in args else None)
+
+
+@pytest.mark.parametrize(
+    ("query", "timeout", "expected"),
+    [
+        (b"", None, ({"top_k": 5, "score_threshold": None}, None)),
+        (b"model=m&top_k=1&score_threshold=0.25", "150", ({"top_k": 1, "score_threshold": 0.25}, 150)),
+        (b"top_k=2&top_k=1000&score_threshold=.5", None, ({"top_k": 1000, "score_threshold": 0.5}, None)),
+        (b"score_threshold=1", None, ({"top_k": 5, "score_threshold": 1.0}, None)),
+    ],
+)
+def test_plainly_valid_rest_parameters_are_read_as_the_route_reads_them(
+    query: bytes, timeout: str | None, expected: object
+) -> None:
+    assert rest_params(query, timeout) == expected
+
+
+@pytest.mark.parametrize(
+    ("query", "timeout"),
+    [
+        (b"top_k=0", None),
+        (b"top_k=1001", None),
+        (b"top_k=x", None),
+        (b"top_k=-1", None),
+        (b"top_k=%D9%A3", None),  # an Arabic-Indic digit: Python's int() reads it, the route does not
+        (b"score_threshold=1.5", None),
+        (b"score_threshold=-0.1", None),
+        (b"score_threshold=nan", None),
+        (b"score_threshold=", None),
+        (b"score_threshold=.", None),
+        (b"", "0"),
+        (b"", "soon"),
+    ],
+)
+def test_anything_else_goes_to_the_route_whose_validation_answers_422(query: bytes, timeout: str | None) -> None:
+    assert rest_params(query, timeout) is None

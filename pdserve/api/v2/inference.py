@@ -138,7 +138,8 @@ _USE_BINARY = (
 )
 
 
-async def _infer(request: Request, service: InferenceService, name: str, version: str | None) -> Response:
+async def infer_response(request: Request, service: InferenceService, name: str, version: str | None) -> Response:
+    """The answer to a v2 infer request (the routes below, and the front door's direct path)."""
     settings = service.settings
     with Accounted(service) as accounted:
         service.lifecycle.check_accepting()
@@ -174,7 +175,7 @@ async def _infer(request: Request, service: InferenceService, name: str, version
     openapi_extra=_INFER_BODY,
 )
 async def infer(request: Request, name: ModelName, service: Service, _: ApiKey) -> Response:
-    return await _infer(request, service, name, None)
+    return await infer_response(request, service, name, None)
 
 
 @router.post(
@@ -186,4 +187,4 @@ async def infer(request: Request, name: ModelName, service: Service, _: ApiKey) 
 async def infer_version(
     request: Request, name: ModelName, version: VersionPath, service: Service, _: ApiKey
 ) -> Response:
-    return await _infer(request, service, name, version)
+    return await infer_response(request, service, name, version)
