@@ -24,7 +24,6 @@ character accuracy against the text the pages were rendered with.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import platform
 import statistics
@@ -52,6 +51,8 @@ from pdserve.pipeline.text_images import (  # noqa: E402
     MORE_CASES,
     char_accuracy,
     line_agreement,
+    read_pages,
+    reference_lines,
     render,
 )
 
@@ -100,31 +101,6 @@ def _decoded(images: list[bytes]) -> list[Any]:
     return [cv2.imdecode(np.frombuffer(d, np.uint8), cv2.IMREAD_COLOR) for d in images]
 
 
-def reference_lines(pages: list[bytes]) -> list[list[dict[str, Any]]]:
-    """The reference's lines (box, text) on every page."""
-    engine = _reference()
-    return [[{"box": box, "text": text} for box, text, _ in engine(page)[0] or []] for page in _decoded(pages)]
-
-
-def served_lines(url: str, pages: list[bytes], clients: int) -> list[list[dict[str, Any]]]:
-    """pdserve's lines on every page, ``clients`` requests at a time (lines of concurrent pages batch)."""
-
-    async def all_pages() -> list[httpx.Response]:
-        gate = asyncio.Semaphore(clients)
-
-        async def post(client: httpx.AsyncClient, data: bytes) -> httpx.Response:
-            async with gate:
-                return await client.post(
-                    f"/predict?model={OCR_MODEL}", content=data, headers={"content-type": "image/png"}
-                )
-
-        async with httpx.AsyncClient(base_url=url, timeout=300) as client:
-            return list(await asyncio.gather(*(post(client, data) for data in pages)))
-
-    responses = asyncio.run(all_pages())
-    return [r.json()["lines"] for r in responses]
-
-
 def in_process(images: list[bytes], seconds: float) -> dict[str, float]:
     """The reference called one image at a time in this process: its own limit, no HTTP."""
     engine = _reference()
@@ -165,7 +141,7 @@ def main() -> None:
     page_images = [render(lines, size, angle) for lines, size, angle in pages]
     print(f"CPU: {cpu_name()} ({platform.machine()}), {len(images)} images", flush=True)
     table: dict[str, list[dict[str, float]]] = {}
-    theirs = reference_lines(page_images)
+    theirs = reference_lines(_reference(), page_images)
 
     table["reference in-process"] = [in_process(images, args.seconds)]
     print(table, flush=True)
@@ -209,7 +185,9 @@ def main() -> None:
                 for worker in httpx.get(f"{served.url}/models/{stage}").json()["versions"][0]["instances"]
             }
             print(f"workers: {workers}; zero rows added to {rec}'s runs: {zero_rows:.0f}", flush=True)
-            our_lines = served_lines(served.url, page_images, max(args.clients))  # after the memory: new sizes
+            answered = read_pages(served.url, OCR_MODEL, page_images, max(args.clients))  # after the memory: new sizes
+            assert all(r.status_code == 200 for r in answered), [r.text for r in answered if r.status_code != 200]
+            our_lines = [r.json()["lines"] for r in answered]
         finally:
             served.stop()
     print(table, flush=True)

@@ -1,6 +1,6 @@
 """The front door: an inference request that admission would refuse is refused here, before
-routing, FastAPI's dependencies and the body; and a v2 infer request that passes goes straight to
-its handler, without FastAPI's routing, dependencies and layers.
+routing, FastAPI's dependencies and the body; and an inference request that passes goes straight to
+its route's handler, without FastAPI's routing, dependencies and layers.
 
 Under overload most requests are refusals, and on a machine whose cores also run the model every
 microsecond a refusal costs is taken from inference. Through FastAPI's stack a 429 cost about a
@@ -10,11 +10,13 @@ model's queue (``Overloaded``, the same message, reason, ``Retry-After`` and met
 else (another route, an unknown model, a wrong API key or media type, a draining server) goes
 on to the app, which answers as before.
 
-The direct v2 path (``FrontDoor._infer``) runs the route's own handler (``infer_response``) with the
-same error handlers (``PdserveError`` in the v2 shape, anything else a logged 500 by ``CatchAll``)
-and the same route on the access line; it is taken only where the route would reach that handler:
-POST, a well-formed name and version, and the API key, if one is set, given. It halves what
-FastAPI's stack costs a v2 request (``benchmarks/null_model.py``, BENCHMARKS.md).
+The direct path (``FrontDoor._direct``) runs the route's own handler (``infer_response``,
+``predict_response``) with the app's error handling (``pdserve_error``; anything else a logged 500
+by ``CatchAll``) and the same route on the access line. It is taken only where the route would
+reach that handler with the same arguments: POST, a well-formed name and version, the API key if
+one is set, and for REST, ``top_k``, ``score_threshold`` and ``X-Request-Timeout-Ms`` absent or
+plainly valid (``rest_params``). FastAPI's routing, dependencies, validation and layers were about
+a third of a v2 request's front-end CPU (``benchmarks/null_model.py``, BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -28,10 +30,10 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pdserve.api.accounting import count_refusal
-from pdserve.api.auth import api_key_matches, redact
-from pdserve.api.errors import CatchAll, error_body, error_response
+from pdserve.api.auth import api_key_matches
+from pdserve.api.errors import CatchAll, error_body, pdserve_error
 from pdserve.api.inputs import ACCEPTED_TYPES
-from pdserve.api.predict import predict_response
+from pdserve.api.predict import TOP_K_DEFAULT, TOP_K_LEAST, TOP_K_MOST, predict_response
 from pdserve.api.v2.inference import infer_response
 from pdserve.errors import Overloaded, PdserveError
 from pdserve.service import InferenceService, ModelVersion
@@ -100,7 +102,6 @@ class _Route(NamedTuple):
 
 _V2_ROUTES = (_Route("/v2/models/{name}/infer"), _Route("/v2/models/{name}/versions/{version}/infer"))
 _REST_ROUTES = (_Route("/predict"), _Route("/models/{name}/predict"))
-_TOP_K = (1, 1000, 5)  # the REST routes' top_k: least, most, default
 
 
 def _plain_int(text: str) -> int | None:
@@ -110,11 +111,11 @@ def _plain_int(text: str) -> int | None:
 def rest_params(query: bytes, timeout: str | None) -> tuple[dict[str, Any], int | None] | None:
     """The REST predict routes' ``top_k``, ``score_threshold`` and ``X-Request-Timeout-Ms``, where each
     is absent or plainly valid; None where FastAPI's validation must judge (and answer 422)."""
-    top_k: int | None = _TOP_K[2]
+    top_k: int | None = TOP_K_DEFAULT
     given = _query_value(query, b"top_k")
     if given is not None:
         top_k = _plain_int(given)
-        if top_k is None or not _TOP_K[0] <= top_k <= _TOP_K[1]:
+        if top_k is None or not TOP_K_LEAST <= top_k <= TOP_K_MOST:
             return None
     threshold: float | None = None
     given = _query_value(query, b"score_threshold")
@@ -134,7 +135,7 @@ def rest_params(query: bytes, timeout: str | None) -> tuple[dict[str, Any], int 
 
 class FrontDoor:
     """ASGI layer between the request ids and the app (``factory.PdserveApp``). ``fastapi``: the app
-    whose v2 infer requests may go straight to their handler (None: all go through ``app``)."""
+    whose inference requests may go straight to their route's handler (None: all go through ``app``)."""
 
     def __init__(self, app: ASGIApp, service: InferenceService, fastapi: FastAPI | None = None) -> None:
         self.app = app
@@ -170,26 +171,26 @@ class FrontDoor:
         if v2:
             assert model is not None  # a v2 path always names its model
             scope["route"] = _V2_ROUTES[version is not None]
-            return partial(self._answer, infer_response, model, None if version is None else str(version))
+            return partial(self._handled, infer_response, (model, None if version is None else str(version)))
         timeout = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-timeout-ms"), None)
         taken = rest_params(scope["query_string"], timeout)
         if taken is None:
             return None
         params, timeout_ms = taken
         scope["route"] = _REST_ROUTES[scope["path"] != "/predict"]
-        return partial(self._answer, predict_response, model, version, params, timeout_ms)
+        return partial(self._handled, predict_response, (model, version, params, timeout_ms))
 
-    async def _answer(self, handler: Any, *args: Any) -> None:
-        """``handler(request, service, *route_args)`` with the app's error handling for its errors
-        (``PdserveError``; anything else is ``CatchAll``'s), without FastAPI's routing and layers."""
-        *route_args, scope, receive, send = args
+    async def _handled(
+        self, handler: Any, route_args: tuple[Any, ...], scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """``handler(request, service, *route_args)``, its ``PdserveError`` answered by the app's own
+        handler (anything else is ``CatchAll``'s), without FastAPI's routing and layers."""
         request = Request(scope, receive)
         response: Response
         try:
             response = await handler(request, self.service, *route_args)
         except PdserveError as exc:
-            message = redact(exc.message, request)
-            response = error_response(scope["path"], exc.status_code, exc.code, message, exc.headers)
+            response = await pdserve_error(request, exc)
         await response(scope, receive, send)
 
     def _refusal(

@@ -52,7 +52,8 @@ def error_body(path: str, code: str, message: str) -> bytes:
     return json.dumps(_error_doc(path, code, message), ensure_ascii=False, separators=(",", ":")).encode()
 
 
-async def _pdserve_error(request: Request, exc: Exception) -> JSONResponse:
+async def pdserve_error(request: Request, exc: Exception) -> JSONResponse:
+    """A ``PdserveError``'s answer, in its protocol's shape (the app's handler; the front door's too)."""
     assert isinstance(exc, PdserveError)
     return error_response(request.url.path, exc.status_code, exc.code, redact(exc.message, request), exc.headers)
 
@@ -104,7 +105,7 @@ class CatchAll:
 
 def register_error_handlers(app: FastAPI) -> None:
     # Handlers are looked up along the exception's class hierarchy: one per family suffices.
-    app.add_exception_handler(PdserveError, _pdserve_error)
+    app.add_exception_handler(PdserveError, pdserve_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_middleware(CatchAll)  # RequestIds and the front door go around FastAPI's own layers (factory)

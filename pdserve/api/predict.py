@@ -23,7 +23,10 @@ router = APIRouter(tags=["inference"])
 
 ModelQuery = Annotated[str | None, Query(description="Model name; optional when one model or a default is set.")]
 VersionQuery = Annotated[int | None, Query(ge=1, description="Model version; default: the newest loaded.")]
-TopK = Annotated[int, Query(ge=1, le=1000, description="Classifiers: how many classes to return, best first.")]
+TOP_K_LEAST, TOP_K_MOST, TOP_K_DEFAULT = 1, 1000, 5
+TopK = Annotated[
+    int, Query(ge=TOP_K_LEAST, le=TOP_K_MOST, description="Classifiers: how many classes to return, best first.")
+]
 ScoreThreshold = Annotated[
     float | None,
     Query(
@@ -159,7 +162,7 @@ async def predict(
     _: ApiKey,
     model: ModelQuery = None,
     version: VersionQuery = None,
-    top_k: TopK = 5,
+    top_k: TopK = TOP_K_DEFAULT,
     score_threshold: ScoreThreshold = None,
     timeout_ms: TimeoutHeader = None,
 ) -> JSONResponse:
@@ -183,7 +186,7 @@ async def predict_model(
     _: ApiKey,
     name: Annotated[str, Path(description="Model name")],
     version: VersionQuery = None,
-    top_k: TopK = 5,
+    top_k: TopK = TOP_K_DEFAULT,
     score_threshold: ScoreThreshold = None,
     timeout_ms: TimeoutHeader = None,
 ) -> JSONResponse:

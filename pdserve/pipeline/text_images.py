@@ -170,3 +170,35 @@ def line_agreement(ours: list[list[dict[str, Any]]], theirs: list[list[dict[str,
             if found is not None and found.replace(" ", "") == line["text"].replace(" ", ""):
                 agreed.equal_but_spaces += 1
     return agreed
+
+
+def read_pages(url: str, model: str, pages: list[bytes], clients: int) -> list[Any]:
+    """Every page posted to a server's ``/predict?model=``, ``clients`` at a time (lines of concurrent
+    pages share the recogniser's batches): the ``httpx`` responses, in the pages' order."""
+    import asyncio
+
+    import httpx
+
+    async def all_pages() -> list[httpx.Response]:
+        gate = asyncio.Semaphore(clients)
+
+        async def post(client: httpx.AsyncClient, data: bytes) -> httpx.Response:
+            async with gate:
+                return await client.post(f"/predict?model={model}", content=data, headers={"content-type": "image/png"})
+
+        async with httpx.AsyncClient(base_url=url, timeout=300) as client:
+            return list(await asyncio.gather(*(post(client, data) for data in pages)))
+
+    return asyncio.run(all_pages())
+
+
+def reference_lines(engine: Any, pages: list[bytes]) -> list[list[dict[str, Any]]]:
+    """A RapidOCR engine's lines (``{"box", "text"}``) on every page, one page at a time."""
+    import cv2
+    import numpy as np
+
+    found = []
+    for data in pages:
+        result, _ = engine(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR))
+        found.append([{"box": box, "text": text} for box, text, _score in result or []])
+    return found
