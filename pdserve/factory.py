@@ -54,7 +54,7 @@ def create_app(settings: Settings) -> FastAPI:
     and ``/readyz`` says what is still loading."""
     metrics = Metrics(gpus=GpuMonitor())
     overrides = Overrides.from_settings(settings)
-    workers = WorkerOptions(settings.worker_start_timeout_s, settings.worker_nice)
+    workers = WorkerOptions(settings.worker_start_timeout_s, settings.worker_nice, settings.worker_idle_spin_ms)
     repository = ModelRepository(settings.model_repo, metrics, workers, overrides)
     repository.scan(settings.default_model)
     service = InferenceService(repository, settings, metrics)

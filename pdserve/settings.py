@@ -44,6 +44,14 @@ class Settings(BaseSettings):
         description="Niceness added to worker processes, so the HTTP process (admission, health probes, "
         "decoding) keeps the CPU it needs under overload; 0 for equal priority.",
     )
+    worker_idle_spin_ms: float = Field(
+        10.0,
+        ge=0,
+        le=1000,
+        description="After a batch, a worker polls for the next one this long before it sleeps: a core that "
+        "idles runs the next batch slower (one client's requests leave gaps as long as the HTTP process's "
+        "work). 0 sleeps at once.",
+    )
     drain_delay_s: float = Field(
         5.0, ge=0, description="On SIGTERM, /readyz turns 503 at once; requests are still taken for this long."
     )

@@ -86,13 +86,14 @@ def cpu_seconds(pids: list[int]) -> float:
 
 
 class Served:
-    def __init__(self, repo: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, repo: Path, env: dict[str, str] | None = None, root: Path = ROOT) -> None:
+        """``root``: the checkout whose pdserve runs (a worktree of another commit, for before/after)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "pdserve", "serve", "--port", str(self.port), "--model-repo", str(repo)]
         full_env = {**os.environ, "PDSERVE_LOG_LEVEL": "warning", **(env or {})}
         self.log = tempfile.NamedTemporaryFile(prefix="pdserve-bench-", suffix=".log", delete=False)  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, cwd=root, env=full_env, stdout=self.log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout

@@ -49,6 +49,7 @@ class WorkerSpec:
     worker: type[KindWorker]  # pickled by reference: the kind's module is imported in the child
     shared: tuple[str, ...] = field(default=())  # the transport's shared-memory segments, by name
     nice: int = 0
+    idle_spin_s: float = 0.0  # after a batch, poll for the next this long before sleeping (worker.next_message)
 
 
 class InputRefused(Exception):

@@ -56,7 +56,7 @@ class WorkerPool:
         self._placed = place(config, model)
         self.devices = [c.device for c in self._placed]
         placed = self._placed
-        launch = launch or (lambda index: ProcessWorker(model, version_dir, placed[index], index, kind, options.nice))
+        launch = launch or (lambda index: ProcessWorker(model, version_dir, placed[index], index, kind, options))
         self.instances = [
             Instance(
                 model,
@@ -134,7 +134,10 @@ class WorkerPool:
                 errors = "; ".join(sorted({i.error or "" for i in self.instances}))
                 raise ModelUnavailable(f"model {self.model!r}: every instance failed: {errors}")
             while self._idle:
-                inst = self._idle.popleft()
+                # The instance that finished last: its core is still busy polling for work
+                # (``worker.next_message``) and its caches hold the model. Under load every instance
+                # is busy and the order does not matter.
+                inst = self._idle.pop()
                 # Entries of instances that died while idle, or that are already taken, are stale.
                 if inst.state is InstanceState.READY:
                     return inst

@@ -45,6 +45,7 @@ class WorkerOptions:
 
     start_timeout_s: float = 300.0
     nice: int = 0
+    idle_spin_ms: float = 0.0
 
 
 class WorkerExited(PdserveError):
@@ -106,14 +107,29 @@ class ProcessWorker:
     """A spawned ``worker_main`` process running a kind's worker, with the kind's transport."""
 
     def __init__(
-        self, model: str, version_dir: Path, config: ModelConfig, index: int, kind: KindRuntime, nice: int = 0
+        self,
+        model: str,
+        version_dir: Path,
+        config: ModelConfig,
+        index: int,
+        kind: KindRuntime,
+        options: WorkerOptions | None = None,
     ) -> None:
+        options = options or WorkerOptions()
         self._model = model
         self._loop = asyncio.get_running_loop()
         self._transport = kind.transport(config)
         try:
             parent_conn, child_conn = _CTX.Pipe()
-            spec = WorkerSpec(model, version_dir, config, kind.worker, self._transport.shared, nice)
+            spec = WorkerSpec(
+                model,
+                version_dir,
+                config,
+                kind.worker,
+                self._transport.shared,
+                options.nice,
+                options.idle_spin_ms / 1000,
+            )
             self._process: BaseProcess = _CTX.Process(
                 target=worker_main, args=(spec, child_conn), name=f"pdserve-{model}-{index}", daemon=True
             )

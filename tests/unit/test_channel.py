@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
+import threading
+import time
 from collections.abc import Callable, Coroutine
 from multiprocessing.connection import Connection
 from typing import Any
@@ -17,6 +19,7 @@ import pytest
 import uvloop
 
 from pdserve.runtime.channel import AsyncChannel, FrameReader, frame
+from pdserve.runtime.worker import next_message
 
 pytestmark = pytest.mark.timeout(120)
 SIZES = [0, 1, 4095, 1 << 20, 5 << 20, 24 << 20]  # up to a 1x3x640x640 float32 tensor's JSON size
@@ -102,3 +105,29 @@ def test_frames_match_connection_wire_format() -> None:
     assert got == [{"x": [1, 2, 3]}]
     a.close()
     b.close()
+
+
+# ---- the worker's wait for the next message (issue 22) ----------------------------------------------
+
+
+@pytest.mark.parametrize("spin_s", [0.0, 0.05])
+def test_the_worker_gets_each_message_whether_it_arrives_while_polling_or_after(spin_s: float) -> None:
+    """A message sent at once arrives during the spin; one sent after a 0.2 s pause, after it, by the
+    blocking receive; an already waiting one without polling."""
+    near, far = mp.Pipe()
+
+    def send() -> None:
+        near.send("now")
+        time.sleep(0.2)
+        near.send("later")
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    assert next_message(far, spin_s) == "now"
+    assert next_message(far, spin_s) == "later"
+    sender.join()
+    near.send("waiting")
+    assert next_message(far, spin_s) == "waiting"
+    near.close()
+    with pytest.raises(EOFError):  # the parent gone: the worker's loop ends as it does without polling
+        next_message(far, spin_s)

@@ -297,6 +297,18 @@ async def test_a_pool_whose_instances_all_failed_answers_model_unavailable() -> 
     await p.stop()
 
 
+async def test_the_instance_that_finished_last_takes_the_next_batch() -> None:
+    """Issue 22: its core is still polling for work and its caches hold the model (LIFO, not round robin)."""
+    p = pool(Launcher())
+    await p.start()
+    first = await p.acquire()
+    second = await p.acquire()
+    await p.run_on(second, (BATCH, 1), 1, 1)
+    await p.run_on(first, (BATCH, 1), 1, 1)  # first is the one freed last
+    assert await p.acquire() is first
+    await p.stop()
+
+
 async def test_a_batch_waiting_for_an_instance_learns_of_the_stop() -> None:
     launch = Launcher()
     p = pool(launch, instances=1, compute_timeout_ms=5000)
