@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from single_client import DEFAULT_ARMS, Arm  # noqa: E402
 
+from pdserve.pipeline.bench import cpu_name  # noqa: E402
 from pdserve.pipeline.loadgen import Request, Result, Target, closed_loop, percentile, run  # noqa: E402
 from pdserve.pipeline.sample import MODEL_REPO, sample_list  # noqa: E402
 from pdserve.pipeline.served import Served  # noqa: E402
@@ -34,7 +35,7 @@ def main() -> int:
     args = parser.parse_args()
     arms = [Arm.parse(a) for a in (args.arm or DEFAULT_ARMS)]
     requests = [Request(p.read_bytes(), path=f"/predict?model={args.model}&top_k=5") for p, _ in sample_list(64)]
-    print(f"{os.cpu_count()} cores; load generator on the same cores; {args.model}")
+    print(f"{cpu_name()}, {os.cpu_count()} cores; load generator on the same cores; {args.model}")
     try:
         for arm in arms:
             arm.server = Served(MODEL_REPO, env={"PDSERVE_LOG_LEVEL": "info", **arm.env}, root=arm.tree)

@@ -30,13 +30,13 @@ SIZES = (1, 2, 4, 8)
 
 
 def load() -> tuple[Any, np.ndarray]:
-    sys.path.insert(0, str(ROOT))
-    from pdserve.model_config import load_model_config
-    from pdserve.runtime.predictor_config import LoadedPredictor
+    sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+    from peers.common import Classifier
 
-    config = load_model_config(MODEL).model_copy(update={"cpu_threads": 1})
-    predictor = LoadedPredictor(config, MODEL / "1", MODEL.name)
-    batch = np.random.default_rng(0).standard_normal((max(SIZES), *config.input.shape)).astype(np.float32)
+    classifier = Classifier(MODEL, 1)
+    predictor = classifier.predictor
+    shape = (max(SIZES), *classifier.config.input.shape)
+    batch = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     for n in SIZES:  # every padded size warmed, as a worker does
         predictor.run(batch[:n])
         predictor.run(batch[:n])
@@ -91,8 +91,10 @@ def main() -> int:
                         pass
                 else:
                     time.sleep(gap)
+    from pdserve.pipeline.bench import cpu_name
+
     print(
-        f"{os.cpu_count()} cores; {MODEL.name}, 1 math thread; {blocks} blocks of 20 calls an arm, "
+        f"{cpu_name()}, {os.cpu_count()} cores; {MODEL.name}, 1 math thread; {blocks} blocks of 20 calls an arm, "
         f"{gap * 1000:g} ms gaps"
     )
     for arm, times in runs.items():

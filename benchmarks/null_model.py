@@ -48,6 +48,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pdserve.pipeline.bench import cpu_name  # noqa: E402
 from pdserve.pipeline.loadgen import Request, Result, Target, closed_loop, percentile, run  # noqa: E402
 from pdserve.pipeline.served import Served, cpu_seconds, free_port, tree  # noqa: E402
 
@@ -341,8 +342,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     args.env = dict(kv.split("=", 1) for kv in args.env)
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "?")
+    cpu = cpu_name()
     print(f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}; load generator on the same cores")
     print(HEADER)
     rows: list[Row] = []

@@ -30,6 +30,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pdserve.pipeline.bench import cpu_name  # noqa: E402
 from pdserve.pipeline.loadgen import Request, Result, Target, closed_loop, open_loop, percentile, run  # noqa: E402
 from pdserve.pipeline.sample import MODEL_REPO, sample_list  # noqa: E402
 from pdserve.pipeline.served import Served, metric  # noqa: E402
@@ -154,8 +155,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     images = [p.read_bytes() for p, _ in sample_list(64)]
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "?")
+    cpu = cpu_name()
     print(
         f"machine: {cpu}, {os.cpu_count()} cores; shipped model_repo; model {MODEL}; log level {args.log_level}; "
         "load generator on the same cores"

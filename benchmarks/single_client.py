@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from pdserve.pipeline.bench import cpu_name  # noqa: E402
 from pdserve.pipeline.sample import MODEL_REPO, sample_list  # noqa: E402
 from pdserve.pipeline.served import Served, metric  # noqa: E402
 
@@ -89,8 +90,7 @@ def main() -> int:
     arms = [Arm.parse(a) for a in (args.arm or DEFAULT_ARMS)]
     threads = int(yaml.safe_load((MODEL_REPO / args.model / "config.yaml").read_text())["cpu_threads"])
     jpegs = [p.read_bytes() for p, _ in sample_list(64)]
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "?")
+    cpu = cpu_name()
     print(f"{cpu}, {os.cpu_count()} cores; {args.model}, {threads} math thread(s); {len(jpegs)} sample JPEGs")
 
     from peers.common import Classifier

@@ -34,7 +34,7 @@ def ignore_group_signals() -> None:
 def next_message(conn: Connection, spin_s: float) -> Any:
     """The parent's next message. For up to ``spin_s`` the worker polls for it, yielding the core to
     anything else runnable, before it blocks: a core left idle for a few milliseconds runs the next
-    batch slower (measured: 1.6-2.5 ms of a 15-18 ms batch of one, BENCHMARKS.md, single client), and at
+    batch slower (measured: up to 3 ms of a 15-20 ms batch of one, BENCHMARKS.md, single client), and at
     one client the worker idles for as long as the HTTP process takes to answer and read the next
     request. Under load the next batch is already waiting and nothing spins."""
     if spin_s > 0 and not conn.poll(0):
